@@ -1,0 +1,147 @@
+"""GhostNet (Han et al., CVPR 2020): half the feature maps come from cheap depthwise convolutions.
+
+Names follow timm's GhostNet (itself the official PyTorch file's), so its checkpoints load as is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import Residual, SqueezeExcite, conv_bn, make_divisible
+from .mbconv import init_weights
+
+# GhostNet 1.0x (paper Table 7): rows of (kernel, expansion channels, out channels, SE ratio, stride).
+# Each inner list is one group of blocks (timm's `blocks.{group}.{index}`); depth scales groups.
+GHOSTNET_GROUPS = (
+    ((3, 16, 16, 0, 1),),
+    ((3, 48, 24, 0, 2),),
+    ((3, 72, 24, 0, 1),),
+    ((5, 72, 40, 0.25, 2),),
+    ((5, 120, 40, 0.25, 1),),
+    ((3, 240, 80, 0, 2),),
+    ((3, 200, 80, 0, 1), (3, 184, 80, 0, 1), (3, 184, 80, 0, 1), (3, 480, 112, 0.25, 1), (3, 672, 112, 0.25, 1)),
+    ((5, 672, 160, 0.25, 2),),
+    ((5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1), (5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1)),
+)
+
+
+class GhostModule(nn.Module):
+    """A 1x1 conv makes ceil(out/ratio) maps; a cheap depthwise 3x3 makes the rest from them."""
+
+    def __init__(self, in_ch: int, out_ch: int, ratio: int = 2, dw_size: int = 3, relu: bool = True):
+        super().__init__()
+        self.out_ch = out_ch
+        primary = math.ceil(out_ch / ratio)
+        cheap = primary * (ratio - 1)
+        act = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.primary_conv = nn.Sequential(*conv_bn(in_ch, primary, 1), act)
+        self.cheap_operation = nn.Sequential(*conv_bn(primary, cheap, dw_size, groups=primary),
+                                             nn.ReLU(inplace=True) if relu else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        primary = self.primary_conv(x)
+        return torch.cat([primary, self.cheap_operation(primary)], dim=1)[:, : self.out_ch]
+
+
+class GhostBottleneck(Residual):
+    """Ghost module (expand) -> [strided depthwise] -> [SE] -> Ghost module (project) + shortcut."""
+
+    has_skip = True  # every Ghost bottleneck adds a shortcut, an identity or a projection
+
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, kernel: int, stride: int, se_ratio: float):
+        super().__init__()
+        self.ghost1 = GhostModule(in_ch, mid_ch, relu=True)
+        if stride > 1:
+            self.conv_dw, self.bn_dw = conv_bn(mid_ch, mid_ch, kernel, stride, groups=mid_ch)
+        else:
+            self.conv_dw = self.bn_dw = None
+        self.se = (SqueezeExcite(mid_ch, make_divisible(mid_ch * se_ratio, 4), nn.ReLU, nn.Hardsigmoid)
+                   if se_ratio else None)
+        self.ghost2 = GhostModule(mid_ch, out_ch, relu=False)
+        if in_ch == out_ch and stride == 1:
+            self.shortcut = nn.Sequential()
+        else:
+            self.shortcut = nn.Sequential(*conv_bn(in_ch, in_ch, kernel, stride, groups=in_ch),
+                                          *conv_bn(in_ch, out_ch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ghost1(x)
+        if self.conv_dw is not None:
+            y = self.bn_dw(self.conv_dw(y))
+        if self.se is not None:
+            y = self.se(y)
+        return self.ghost2(y) + self.shortcut(x)
+
+
+class ConvBnAct(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv, self.bn1 = conv_bn(in_ch, out_ch, 1)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn1(self.conv(x)))
+
+
+def scale_group(group: tuple, depth: float) -> tuple:
+    """Depth-scale one group: repeat its last block to grow, drop its middle blocks to shrink.
+
+    The group's first block (which may stride) and last block (which sets the output width) stay,
+    so the network keeps its resolution schedule and channel plan at any depth.
+    """
+    n = max(1, round(len(group) * depth))
+    if n >= len(group):
+        return group + (group[-1][:4] + (1,),) * (n - len(group))  # repeats never stride
+    if n == 1:
+        return (group[-1][:4] + (group[0][4],),)  # the survivor inherits the group's stride
+    return group[: n - 1] + (group[-1],)
+
+
+class GhostNet(nn.Module):
+    def __init__(self, width: float = 1.0, depth: float = 1.0, groups: tuple = GHOSTNET_GROUPS,
+                 num_classes: int = 1000, drop_rate: float = 0.2, in_chans: int = 3, head_channels: int = 1280):
+        super().__init__()
+        if width <= 0 or depth <= 0:
+            raise ValueError(f"width and depth multipliers must be positive, got width={width}, depth={depth}")
+        self.num_classes = num_classes
+        stem = make_divisible(16 * width, 4)
+        self.conv_stem, self.bn1 = conv_bn(in_chans, stem, 3, 2)
+        self.act1 = nn.ReLU(inplace=True)
+
+        stages, in_ch = [], stem
+        for group in groups:
+            layers = []
+            for kernel, exp, out, se_ratio, stride in scale_group(group, depth):
+                out_ch, mid_ch = make_divisible(out * width, 4), make_divisible(exp * width, 4)
+                layers.append(GhostBottleneck(in_ch, mid_ch, out_ch, kernel, stride, se_ratio))
+                in_ch = out_ch
+            stages.append(nn.Sequential(*layers))
+        last = make_divisible(groups[-1][-1][1] * width, 4)
+        stages.append(nn.Sequential(ConvBnAct(in_ch, last)))
+        self.blocks = nn.Sequential(*stages)
+
+        self.num_features = head_channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_head = nn.Conv2d(last, head_channels, 1, bias=True)  # no BatchNorm here, as in the paper
+        self.act2 = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(head_channels, num_classes) if num_classes > 0 else nn.Identity()
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.act1(self.bn1(self.conv_stem(x))))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act2(self.conv_head(self.pool(x)))
+        return self.classifier(self.dropout(x.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        init_weights(self.classifier)

@@ -1,0 +1,190 @@
+"""The MBConv family (EfficientNet, TinyNet, and any (r, d, w) between them).
+
+A base architecture is a table of stages; `MBConvNet(stages, width, depth, rules)` scales it.
+Module and parameter names follow timm's EfficientNet so the official checkpoints load as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .layers import Residual, SqueezeExcite, conv_bn, drop_connect, make_divisible
+
+
+@dataclass(frozen=True)
+class MBStage:
+    """One row of a stage table: `repeats` blocks sharing kernel, expansion and output channels."""
+
+    block: Literal["ds", "ir"]  # depthwise-separable (expansion 1) or inverted residual
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    channels: int
+    se_ratio: float = 0.25
+
+
+@dataclass(frozen=True)
+class ScalingRules:
+    """How width and depth multipliers turn into channel and block counts.
+
+    EfficientNet scales the stem and head with width and takes the ceiling of scaled depth;
+    TinyNet keeps a 32-channel stem, never shrinks the 1280-channel head, and rounds depth.
+    """
+
+    depth_rounding: Literal["ceil", "round"] = "ceil"
+    stem: Literal["scaled", "fixed"] = "scaled"
+    head: Literal["scaled", "at_least_base", "fixed"] = "scaled"
+    stem_channels: int = 32
+    head_channels: int = 1280
+
+
+EFFICIENTNET_RULES = ScalingRules()
+TINYNET_RULES = ScalingRules(depth_rounding="round", stem="fixed", head="at_least_base")
+
+# EfficientNet-B0 (Tan & Le 2019, Table 1); every MBConv model here is this table scaled.
+EFFICIENTNET_B0_STAGES = (
+    MBStage("ds", 1, 3, 1, 1, 16),
+    MBStage("ir", 2, 3, 2, 6, 24),
+    MBStage("ir", 2, 5, 2, 6, 40),
+    MBStage("ir", 3, 3, 2, 6, 80),
+    MBStage("ir", 3, 5, 1, 6, 112),
+    MBStage("ir", 4, 5, 2, 6, 192),
+    MBStage("ir", 1, 3, 1, 6, 320),
+)
+
+
+def scale_repeats(repeats: int, depth: float, rounding: str) -> int:
+    """Blocks in a stage after depth scaling (Python's round, as the official TinyNet code uses)."""
+    if rounding == "ceil":
+        return max(1, math.ceil(repeats * depth))
+    return max(1, round(repeats * depth))
+
+
+class DepthwiseSeparable(Residual):
+    """Depthwise conv -> SE -> pointwise projection; the first MBConv stage (expansion 1)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, se_ratio: float,
+                 act: type[nn.Module], drop_rate: float):
+        super().__init__()
+        self.has_skip = stride == 1 and in_ch == out_ch
+        self.conv_dw, self.bn1 = conv_bn(in_ch, in_ch, kernel, stride, groups=in_ch)
+        self.act = act(inplace=True)
+        self.se = SqueezeExcite(in_ch, max(1, round(in_ch * se_ratio)), act) if se_ratio else nn.Identity()
+        self.conv_pw, self.bn2 = conv_bn(in_ch, out_ch, 1)
+        self.drop_path = drop_connect(drop_rate) if self.has_skip else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.se(self.act(self.bn1(self.conv_dw(x))))
+        y = self.bn2(self.conv_pw(y))
+        return x + self.drop_path(y) if self.has_skip else y
+
+
+class InvertedResidual(Residual):
+    """MBConv: pointwise expansion -> depthwise conv -> SE -> linear pointwise projection."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int,
+                 se_ratio: float, act: type[nn.Module], drop_rate: float):
+        super().__init__()
+        mid = in_ch * expand
+        self.has_skip = stride == 1 and in_ch == out_ch
+        self.conv_pw, self.bn1 = conv_bn(in_ch, mid, 1)
+        self.conv_dw, self.bn2 = conv_bn(mid, mid, kernel, stride, groups=mid)
+        self.act = act(inplace=True)
+        # SE width comes from the block's input channels, as in the paper and the official code.
+        self.se = SqueezeExcite(mid, max(1, round(in_ch * se_ratio)), act) if se_ratio else nn.Identity()
+        self.conv_pwl, self.bn3 = conv_bn(mid, out_ch, 1)
+        self.drop_path = drop_connect(drop_rate) if self.has_skip else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn1(self.conv_pw(x)))
+        y = self.se(self.act(self.bn2(self.conv_dw(y))))
+        y = self.bn3(self.conv_pwl(y))
+        return x + self.drop_path(y) if self.has_skip else y
+
+
+class MBConvNet(nn.Module):
+    """An MBConv network: a base stage table scaled by width and depth multipliers.
+
+    Resolution is not a property of the weights; it travels in `model.spec` so that profiling,
+    training and export use the input size the model was designed for.
+    """
+
+    def __init__(self, stages: tuple[MBStage, ...] = EFFICIENTNET_B0_STAGES, width: float = 1.0,
+                 depth: float = 1.0, rules: ScalingRules = EFFICIENTNET_RULES, num_classes: int = 1000,
+                 drop_rate: float = 0.2, drop_connect_rate: float = 0.2, in_chans: int = 3,
+                 act: type[nn.Module] = nn.SiLU):
+        super().__init__()
+        if width <= 0 or depth <= 0:
+            raise ValueError(f"width and depth multipliers must be positive, got width={width}, depth={depth}")
+        self.num_classes = num_classes
+        stem = make_divisible(rules.stem_channels * width) if rules.stem == "scaled" else rules.stem_channels
+        head = {"scaled": make_divisible(rules.head_channels * width),
+                "at_least_base": max(rules.head_channels, make_divisible(rules.head_channels * width)),
+                "fixed": rules.head_channels}[rules.head]
+
+        self.conv_stem, self.bn1 = conv_bn(in_chans, stem, 3, 2)
+        self.act = act(inplace=True)
+
+        plan = [(s, scale_repeats(s.repeats, depth, rules.depth_rounding)) for s in stages]
+        total = sum(n for _, n in plan)
+        blocks, in_ch, index = [], stem, 0
+        for stage, n in plan:
+            out_ch = make_divisible(stage.channels * width)
+            layers = []
+            for i in range(n):
+                stride = stage.stride if i == 0 else 1
+                rate = drop_connect_rate * index / total  # deeper blocks are dropped more often
+                if stage.block == "ds":
+                    layers.append(DepthwiseSeparable(in_ch, out_ch, stage.kernel, stride, stage.se_ratio, act, rate))
+                else:
+                    layers.append(InvertedResidual(in_ch, out_ch, stage.kernel, stride, stage.expand,
+                                                   stage.se_ratio, act, rate))
+                in_ch, index = out_ch, index + 1
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.Sequential(*blocks)
+        self.depths = [n for _, n in plan]
+
+        self.conv_head, self.bn2 = conv_bn(in_ch, head, 1)
+        self.num_features = head
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(head, num_classes) if num_classes > 0 else nn.Identity()
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.conv_stem(x)))
+        x = self.blocks(x)
+        return self.act(self.bn2(self.conv_head(x)))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.pool(x).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        init_weights(self.classifier)
+
+
+def init_weights(module: nn.Module) -> None:
+    """He-normal (fan-out) convolutions, unit BatchNorm, small uniform classifier: the official init."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.out_features)
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)
