@@ -125,3 +125,25 @@ def test_pretrained_loads_what_the_hub_returns(monkeypatch, tmp_path, trained):
     assert calls == [("timm/tinynet_e.in1k", "model.safetensors")]
     assert torch.equal(model.conv_stem.weight, trained.conv_stem.weight)
     assert W.KEY_RENAMES  # the documented rename map exists
+
+
+def test_load_trained_from_run_dir_and_from_file(tmp_path, trained):
+    import json
+
+    from rubik.models.weights import load_trained
+
+    small = rubik.create_model("tinynet_e", num_classes=3).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(small.state_dict(), str(run / "best.safetensors"))
+    (run / "model.json").write_text(json.dumps({"model": small.spec.to_dict(), "num_classes": 3,
+                                                "classes": ["a", "b", "c"]}))
+    loaded = load_trained(run)
+    assert loaded.classes == ["a", "b", "c"] and loaded.classifier.out_features == 3
+    assert torch.equal(loaded.conv_stem.weight, small.conv_stem.weight)
+    from_file = load_trained(run / "best.safetensors", model="tinynet_e")
+    assert from_file.classifier.out_features == 3
+    with pytest.raises(WeightsError, match="--model"):
+        load_trained(run / "best.safetensors")
+    with pytest.raises(WeightsError, match="not a training run"):
+        load_trained(tmp_path)
