@@ -1,0 +1,272 @@
+"""Data: an ImageFolder tree or the embedded `digits`, transforms v2, and a resumable sampler.
+
+Augmentation randomness is seeded per sample from (run seed, epoch, index) rather than drawn from
+a stream, so a run resumed in the middle of an epoch sees exactly the crops and flips it would have
+seen, whatever the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import v2
+
+from ..errors import RubikError
+
+DIGITS = "digits"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+VAL_DIRS = ("val", "valid", "validation", "test")
+
+# Digits are 8x8 grey images, upscaled once to the model's input: flips change their meaning, and a
+# crop below a third of the image loses the digit.
+DIGITS_DEFAULTS: dict[str, Any] = {"hflip": 0.0, "crop_scale": [0.5, 1.0], "crop_pct": 1.0, "num_workers": 0}
+
+
+class CorruptImageError(RubikError):
+    """An image file that cannot be decoded (raised only with --strict)."""
+
+
+@dataclass
+class DataSplits:
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+    description: str
+
+
+class DigitsImages(Dataset):
+    """scikit-learn's handwritten digits (1,797 8x8 images, 10 classes) as RGB uint8 at `resolution`.
+
+    Split 80/20, stratified, with a fixed seed, so every run tests on the same 360 images.
+    """
+
+    def __init__(self, split: str, resolution: int):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        idx_train, idx_test = train_test_split(range(len(digits.target)), test_size=0.2, random_state=0,
+                                               stratify=digits.target)
+        idx = idx_train if split == "train" else idx_test
+        pixels = torch.as_tensor(digits.images[idx], dtype=torch.float32)[:, None] * (255 / 16)
+        big = torch.nn.functional.interpolate(pixels, size=(resolution, resolution), mode="bicubic",
+                                              align_corners=False)
+        self.images = big.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+        self.targets = [int(t) for t in digits.target[idx]]
+        self.classes = [str(i) for i in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from torchvision import tv_tensors
+
+        return tv_tensors.Image(self.images[index]), self.targets[index]
+
+
+class ImageFiles(Dataset):
+    """(path, class index) pairs decoded with PIL; an unreadable file yields its path instead of an image."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], strict: bool = False):
+        self.samples, self.classes, self.strict = samples, classes, strict
+        self.targets = [t for _, t in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        path, target = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB"), target
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            if self.strict:
+                raise CorruptImageError(f"cannot read image {path} ({type(e).__name__}: {e}); "
+                                        "remove or replace the file, or train without --strict to skip it") from None
+            return path, target  # the collate function drops it and counts it
+
+
+def scan_folder(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """ImageFolder layout: root/<class>/<image>; classes sorted by name."""
+    try:
+        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except PermissionError:
+        raise RubikError(f"data folder {root} is not readable (permission denied); fix its permissions") from None
+    classes = [d.name for d in class_dirs]
+    samples = []
+    for index, d in enumerate(class_dirs):
+        try:
+            files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        except PermissionError:
+            raise RubikError(f"class folder {d} is not readable (permission denied); fix its permissions") from None
+        samples += [(str(p), index) for p in files]
+    return samples, classes
+
+
+def _split(samples: list[tuple[str, int]], fraction: float, seed: int):
+    """A stratified split: `fraction` of each class (at least one image) goes to validation."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    train, val = [], []
+    for _, items in sorted(by_class.items()):
+        order = torch.randperm(len(items), generator=g).tolist()
+        n_val = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
+        val += [items[i] for i in order[:n_val]]
+        train += [items[i] for i in order[n_val:]]
+    return train, val
+
+
+def open_data(source: str, resolution: int, val_split: float = 0.1, seed: int = 0, strict: bool = False) -> DataSplits:
+    """Training and validation sets from `digits` or an ImageFolder tree.
+
+    A tree with train/ and val/ (or valid/, validation/, test/) uses them; otherwise the classes
+    directly under the root are split `val_split` for validation.
+    """
+    if source == DIGITS:
+        train = DigitsImages("train", resolution)
+        return DataSplits(train, DigitsImages("test", resolution), train.classes,
+                          "digits (scikit-learn, 1437 train / 360 test)")
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise RubikError(f"data folder {root} does not exist; pass an ImageFolder tree (ROOT/train/CLASS/*.jpg "
+                         "and ROOT/val/CLASS/*.jpg, or ROOT/CLASS/*.jpg) or 'digits'")
+    if not root.is_dir():
+        raise RubikError(f"data path {root} is a file; pass a folder of class subfolders or 'digits'")
+    val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
+    if (root / "train").is_dir():
+        train_samples, classes = scan_folder(root / "train")
+        if val_dir is not None:
+            val_samples, val_classes = scan_folder(val_dir)
+            if val_classes != classes:
+                missing = sorted(set(classes) ^ set(val_classes))
+                raise RubikError(f"{root / 'train'} and {val_dir} have different class folders (e.g. {missing[:3]}); "
+                                 "give both the same classes")
+            how = f"{root / 'train'} and {val_dir}"
+        else:
+            train_samples, val_samples = _split(train_samples, val_split, seed)
+            how = f"{root / 'train'}, {val_split:.0%} held out"
+    else:
+        train_samples, classes = scan_folder(root)
+        train_samples, val_samples = _split(train_samples, val_split, seed)
+        how = f"{root}, {val_split:.0%} held out"
+    if not classes or not train_samples:
+        raise RubikError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
+                         "expected ROOT/CLASS/IMAGE or ROOT/train/CLASS/IMAGE")
+    if len(classes) < 2:
+        raise RubikError(f"{root} has only one class folder ({classes[0]}); a classifier needs at least two")
+    if not val_samples:
+        raise RubikError(f"no validation images for {root}: add a val/ folder or more images per class")
+    desc = f"{how}: {len(classes)} classes, {len(train_samples)} train / {len(val_samples)} val images"
+    return DataSplits(ImageFiles(train_samples, classes, strict), ImageFiles(val_samples, classes, strict),
+                      classes, desc)
+
+
+def _interp(name: str) -> v2.InterpolationMode:
+    return v2.InterpolationMode.BICUBIC if name == "bicubic" else v2.InterpolationMode.BILINEAR
+
+
+def train_transform(resolution: int, mean, std, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                    interpolation: str = "bicubic", hflip: float = 0.5, color_jitter: float = 0.0,
+                    randaugment: bool = False, ra_ops: int = 2, ra_magnitude: int = 9) -> v2.Compose:
+    ops: list[Any] = [v2.ToImage(),  # uint8 tensors from here on: cheaper than PIL for every op below
+                      v2.RandomResizedCrop(resolution, scale=tuple(scale), ratio=tuple(ratio),
+                                           interpolation=_interp(interpolation), antialias=True)]
+    if hflip > 0:
+        ops.append(v2.RandomHorizontalFlip(hflip))
+    if color_jitter > 0:
+        ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
+    if randaugment:
+        ops.append(v2.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude, interpolation=_interp(interpolation)))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+def eval_transform(resolution: int, mean, std, crop_pct: float = 0.875, interpolation: str = "bicubic") -> v2.Compose:
+    """Resize the short side to resolution / crop_pct, then take the centre: the usual evaluation view."""
+    return v2.Compose([v2.ToImage(),
+                       v2.Resize(math.floor(resolution / crop_pct), interpolation=_interp(interpolation),
+                                 antialias=True),
+                       v2.CenterCrop(resolution), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(list(mean), list(std))])
+
+
+class Transformed(Dataset):
+    """Applies a transform; keys are indices, or (index, seed) pairs that seed the augmentation."""
+
+    def __init__(self, base: Dataset, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image, target = self.base[index]
+        if isinstance(image, str):  # an unreadable file: pass its path on to be counted
+            return image, target
+        if seed is None:
+            return self.transform(image), target
+        # In the main process (num_workers=0) the global generator also drives dropout: keep it untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), target
+
+
+def collate(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack images and targets, dropping unreadable files and returning their paths."""
+    good = [(x, y) for x, y in batch if not isinstance(x, str)]
+    skipped = [x for x, _ in batch if isinstance(x, str)]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), skipped
+
+
+class EpochSampler(Sampler):
+    """A seeded permutation per epoch, sharded across processes, that can start part-way through.
+
+    Yields (index, sample_seed) pairs. `set_epoch(epoch, start)` skips the first `start` samples of
+    this process's share, which is how a run resumes in the middle of an epoch.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
+        self.per_rank = size // world_size  # every process takes the same number (the few left over wait)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g)
+        else:
+            order = torch.arange(self.size)
+        mine = order[self.rank: self.per_rank * self.world_size: self.world_size][self.start:].tolist()
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        return iter([(i, (base + i) % (2**63 - 1)) for i in mine])
+
+
+class Shard(Sampler):
+    """Every world_size-th index from rank: evaluation splits the whole set with no padding."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, size, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)

@@ -1,0 +1,455 @@
+"""The training loop: one process, or one per device under torchrun.
+
+A run directory holds everything a run makes:
+    config.yaml        every hyper-parameter (the recipe resolved, overrides applied)
+    model.json         spec, class count, class names (the contract `load_trained` and deploy read)
+    best.safetensors   the best weights so far, raw or EMA, by validation top-1 (best.json says which)
+    metrics.csv        one row per epoch; tb/ the same for TensorBoard; train.log plain lines
+    checkpoints/       the last `keep_last` checkpoints (see checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader
+
+from ..errors import RubikError
+from ..models.registry import build, get_spec
+from ..models.weights import RUN_MODEL_FILE, RUN_WEIGHTS_FILE, download, load_weights, read_state_dict
+from . import distributed
+from .checkpoint import atomic_write, atomic_write_text, latest_checkpoint, save_checkpoint, save_tensors
+from .data import DIGITS, EpochSampler, Shard, Transformed, collate, eval_transform, open_data, train_transform
+from .ema import ema_model
+from .evaluate import EvalResult, evaluate
+from .optim import build_optimizer, build_scheduler, effective_lr
+from .recipes import TrainConfig
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+LOG_FILE = "train.log"
+BEST_INFO_FILE = "best.json"
+CLASSIFIER_PREFIXES = ("classifier.", "fc.")
+log = logging.getLogger("rubik.train")
+
+
+class NonFiniteLossError(RubikError):
+    """The loss became NaN or infinite; training stopped without saving the bad weights."""
+
+
+def save_config(run_dir: Path, c: TrainConfig) -> None:
+    import yaml
+
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(c.to_dict(), sort_keys=False))
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    from .recipes import apply, load_yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RubikError(f"nothing to resume in {run_dir}: it has no {CONFIG_FILE}; start a new run with `rubik train`")
+    return apply(TrainConfig(), load_yaml(path), str(path))
+
+
+def _device(c: TrainConfig, d: distributed.Dist) -> torch.device:
+    if c.device == "auto":
+        return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(c.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RubikError("device cuda was asked for but no GPU is visible; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{d.local_rank}")
+    return dev
+
+
+def default_workers(c: TrainConfig) -> int:
+    if c.num_workers >= 0:
+        return c.num_workers
+    return 0 if c.data == DIGITS else min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+def classifier_only(name: str) -> bool:
+    return name.startswith(CLASSIFIER_PREFIXES)
+
+
+class Trainer:
+    def __init__(self, c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None):
+        self.c, self.run_dir = c, Path(run_dir)
+        device_kind = "cuda" if (c.device == "auto" and torch.cuda.is_available()) or c.device.startswith("cuda") \
+            else "cpu"
+        self.d = distributed.init(device_kind)
+        self.device = _device(c, self.d)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.d.main
+        self.amp_dtype = torch.bfloat16 if (c.amp == "bf16" or (c.amp == "auto" and self.device.type == "cuda")) \
+            else None
+        if c.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if self.d.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                save_config(self.run_dir, c)
+        self._setup_logging()
+        torch.manual_seed(c.seed)  # the same initial weights on every process
+
+        spec = get_spec(c.model)
+        self.spec = replace(spec, resolution=c.resolution or spec.resolution,
+                            crop_pct=c.crop_pct or spec.crop_pct, interpolation=c.interpolation or spec.interpolation)
+        self.data = open_data(c.data, self.spec.resolution, c.val_split, c.seed, c.strict)
+        self.num_classes = len(self.data.classes)
+        self.net = build(self.spec, num_classes=self.num_classes, drop_rate=c.drop_rate,
+                         drop_connect_rate=c.drop_connect_rate)
+        self._load_initial_weights(spec)
+        self.net.to(self.device, memory_format=torch.channels_last if c.channels_last else torch.preserve_format)
+        if c.sync_bn and self.d.enabled:
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        self.ema = ema_model(self.net, c.ema_decay, c.ema_warmup) if c.ema_decay > 0 else None
+        self.model: nn.Module = self.net
+        if self.d.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        if c.compile:
+            self.model = torch.compile(self.model)
+        torch.manual_seed(c.seed * 7919 + self.d.rank + 1)  # dropout and drop-path differ across processes
+
+        self._build_loaders()
+        self.lr = effective_lr(c, self.d.world_size)
+        self.optimizer = build_optimizer(self.net, c, self.lr)
+        self.scheduler = build_scheduler(self.optimizer, c, self.lr, self.steps_per_epoch)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best: dict[str, Any] = {"top1": -1.0}
+        self.history: list[dict[str, Any]] = []
+        self.skipped: list[str] = []
+        if resume:
+            self._resume()
+        if self.d.main:
+            atomic_write_text(self.run_dir / RUN_MODEL_FILE, json.dumps(
+                {"model": self.spec.to_dict(), "num_classes": self.num_classes, "classes": self.data.classes},
+                indent=2))
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def _setup_logging(self) -> None:
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        for h in list(log.handlers):
+            log.removeHandler(h)
+            h.close()
+        if not self.d.main:
+            return
+        fh = logging.FileHandler(self.run_dir / LOG_FILE)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(fh)
+        sh = logging.StreamHandler(sys.stdout)
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        sh.addFilter(lambda r: not getattr(r, "file_only", False))
+        log.addHandler(sh)
+
+    def _load_initial_weights(self, spec) -> None:
+        c = self.c
+        if not (c.pretrained or c.init):
+            return
+        if c.pretrained:
+            path = download(spec)
+        else:
+            path = Path(c.init)
+            if path.is_dir():
+                path = path / RUN_WEIGHTS_FILE
+        skipped = load_weights(self.net, read_state_dict(path), source=f"weights file {path}")
+        note = f"; classifier replaced for {self.num_classes} classes" if skipped else ""
+        log.info(f"initial weights from {path}{note}")
+
+    def _build_loaders(self) -> None:
+        c, d = self.c, self.d
+        mean, std = self.spec.mean, self.spec.std
+        res, interp = self.spec.resolution, self.spec.interpolation
+        train_tf = train_transform(res, mean, std, scale=c.crop_scale, ratio=c.crop_ratio, interpolation=interp,
+                                   hflip=c.hflip, color_jitter=c.color_jitter, randaugment=c.randaugment,
+                                   ra_ops=c.randaugment_ops, ra_magnitude=c.randaugment_magnitude)
+        val_tf = eval_transform(res, mean, std, self.spec.crop_pct, interp)
+        self.train_sampler = EpochSampler(len(self.data.train), c.seed, d.rank, d.world_size)
+        per_rank = self.train_sampler.per_rank
+        self.steps_per_epoch = per_rank // c.batch_size // c.accum_steps
+        if self.steps_per_epoch < 1:
+            raise RubikError(f"too few training images ({len(self.data.train)}) for a batch of {c.batch_size} x "
+                             f"{c.accum_steps} accumulation x {d.world_size} processes; lower --batch-size")
+        self.batches_per_epoch = self.steps_per_epoch * c.accum_steps
+        workers = default_workers(c)
+        common = dict(num_workers=workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+                      persistent_workers=workers > 0)
+        # A private generator: the loader's worker seeds must not consume the global RNG, which resuming restores.
+        self.train_loader = DataLoader(Transformed(self.data.train, train_tf),
+                                       batch_sampler=BatchSampler(self.train_sampler, c.batch_size, drop_last=True),
+                                       generator=torch.Generator().manual_seed(c.seed), **common)
+        self.val_loader = DataLoader(Transformed(self.data.val, val_tf), batch_size=c.batch_size * 2,
+                                     sampler=Shard(len(self.data.val), d.rank, d.world_size), **common)
+
+    def _resume(self) -> None:
+        found = latest_checkpoint(self.run_dir)
+        if found is None:
+            log.info(f"no complete checkpoint in {self.run_dir}: starting from the beginning")
+            return
+        path, weights, state = found
+        self.net.load_state_dict(weights["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(weights["ema"])
+            self.ema.n_averaged.fill_(state["ema_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng[self.d.rank] if self.d.rank < len(rng) else rng[0])
+        if self.device.type == "cuda" and state.get("cuda_rng"):
+            cuda_rng = state["cuda_rng"]
+            torch.cuda.set_rng_state(cuda_rng[min(self.d.rank, len(cuda_rng) - 1)], self.device)
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.best, self.history, self.skipped = state["best"], state["history"], state["skipped"]
+        log.info(f"resumed from {path} (epoch {self.epoch + 1}, step {self.step})")
+
+    # ---- saving ------------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        rng = distributed.gather_object(torch.get_rng_state(), self.d)
+        cuda_rng = distributed.gather_object(torch.cuda.get_rng_state(self.device), self.d) \
+            if self.device.type == "cuda" else []
+        if not self.d.main:
+            return
+        weights = {"model": self.net.state_dict()}
+        if self.ema is not None:
+            weights["ema"] = self.ema.module.state_dict()
+        state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": rng, "cuda_rng": cuda_rng,
+                 "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
+                 "best": self.best, "history": self.history, "skipped": self.skipped}
+        save_checkpoint(self.run_dir, self.step, weights, state, self.c.keep_last)
+
+    def _write_metrics(self) -> None:
+        if not self.history:
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(self.history[0]))
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.run_dir / METRICS_FILE, buf.getvalue())
+
+    def _update_best(self, raw: EvalResult, ema: EvalResult | None) -> None:
+        which, result, module = "raw", raw, self.net
+        if ema is not None and ema.top1 >= raw.top1:
+            which, result, module = "ema", ema, self.ema.module
+        if result.top1 <= self.best["top1"]:
+            return
+        self.best = {"top1": result.top1, "top5": result.top5, "loss": result.loss, "weights": which,
+                     "epoch": self.epoch + 1, "step": self.step}
+        if self.d.main:
+            atomic_write(self.run_dir / RUN_WEIGHTS_FILE, lambda p: save_tensors(p, module.state_dict()))
+            atomic_write_text(self.run_dir / BEST_INFO_FILE, json.dumps(self.best, indent=2))
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _set_frozen(self, frozen: bool) -> None:
+        self.frozen = frozen
+        if not self.d.enabled:  # DDP needs every parameter to produce a gradient: there, drop them instead
+            for name, p in self.net.named_parameters():
+                p.requires_grad_(not frozen or classifier_only(name))
+
+    def _check_finite(self, bad: torch.Tensor) -> None:
+        bad = distributed.all_reduce_sum(bad.clone().float(), self.d)
+        if bad.item() > 0:
+            last = latest_checkpoint_name(self.run_dir)
+            keep = f"the last good checkpoint is kept ({last})" if last else "no checkpoint had been written yet"
+            raise NonFiniteLossError(
+                f"loss became NaN or infinite at epoch {self.epoch + 1}, step {self.step}; training stopped and "
+                f"{keep}. Lower the learning rate (--lr, now {self.c.lr}) or clip gradients (--set clip_grad=1.0), "
+                f"then continue with `rubik train --resume {self.run_dir} --lr ...`")
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def train_epoch(self) -> dict[str, float]:
+        c, d = self.c, self.d
+        self.model.train()
+        self._set_frozen(self.epoch < c.freeze_epochs)
+        self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * c.batch_size)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss x n, correct, n
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        check_every = 1 if self.device.type == "cpu" else 20  # a NaN check waits for the GPU: not every step there
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
+                       desc=f"epoch {self.epoch + 1}/{c.epochs}")
+        start, seen_since_log, t_log = time.perf_counter(), 0, time.perf_counter()
+        batch_i = self.batch_in_epoch
+        for images, targets, skipped in self.train_loader:
+            if batch_i >= self.batches_per_epoch:
+                break
+            if skipped:
+                self._note_skipped(skipped)
+            sync = (batch_i + 1) % c.accum_steps == 0
+            if images.numel():
+                images = images.to(self.device, non_blocking=True)
+                if c.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets = targets.to(self.device, non_blocking=True)
+                no_sync = self.model.no_sync() if (d.enabled and not sync and hasattr(self.model, "no_sync")) \
+                    else nullcontext()
+                with no_sync:
+                    with self._autocast():
+                        logits = self.model(images)
+                        loss = self.criterion(logits, targets)
+                    (loss / c.accum_steps).backward()
+                loss = loss.detach().float()
+                bad |= ~torch.isfinite(loss)
+                n = targets.numel()
+                sums[0] += loss * n
+                sums[1] += (logits.detach().argmax(1) == targets).sum()
+                sums[2] += n
+                seen_since_log += n
+            batch_i += 1
+            if not sync:
+                continue
+            if self.frozen and d.enabled:
+                for name, p in self.net.named_parameters():
+                    if not classifier_only(name):
+                        p.grad = None
+            if c.clip_grad > 0:
+                nn.utils.clip_grad_norm_(self.net.parameters(), c.clip_grad)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.net)
+            self.step += 1
+            self.batch_in_epoch = batch_i
+            if self.step % check_every == 0:
+                self._check_finite(bad)
+            if bar is not None:
+                bar.update(c.accum_steps)
+                if self.step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if c.log_every and self.step % c.log_every == 0:
+                now = time.perf_counter()
+                log.info(f"epoch {self.epoch + 1} step {self.step} loss {loss.item():.4f} "
+                         f"lr {self.optimizer.param_groups[0]['lr']:.3e} "
+                         f"{seen_since_log * d.world_size / (now - t_log):.0f} img/s",
+                         extra={"file_only": self.progress})
+                seen_since_log, t_log = 0, now
+            if c.checkpoint_every and self.step % c.checkpoint_every == 0 and batch_i < self.batches_per_epoch:
+                self._check_finite(bad)
+                self._save_checkpoint()
+        if bar is not None:
+            bar.close()
+        self._check_finite(bad)
+        elapsed = time.perf_counter() - start
+        distributed.all_reduce_sum(sums, d)
+        n = max(1.0, float(sums[2]))
+        return {"train_loss": float(sums[0]) / n, "train_top1": 100 * float(sums[1]) / n,
+                "images_per_s": float(sums[2]) / elapsed if elapsed > 0 else 0.0, "train_time_s": elapsed}
+
+    def _note_skipped(self, paths: list[str]) -> None:
+        new = [p for p in paths if p not in self.skipped]
+        for p in new:
+            log.info(f"skipped unreadable image {p}", extra={"file_only": self.progress})
+        self.skipped += new
+
+    def fit(self) -> dict[str, Any]:
+        c = self.c
+        if self.d.main:
+            self._log_start()
+        writer = None
+        if self.d.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+        try:
+            while self.epoch < c.epochs:
+                train = self.train_epoch()
+                kw = dict(channels_last=c.channels_last, amp_dtype=self.amp_dtype, dist_info=self.d)
+                raw = evaluate(self.net, self.val_loader, self.num_classes, self.device, **kw)
+                ema = evaluate(self.ema.module, self.val_loader, self.num_classes, self.device, **kw) \
+                    if self.ema is not None else None
+                row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                       **{k: round(v, 6) for k, v in train.items()},
+                       "val_loss": round(raw.loss, 6), "val_top1": round(raw.top1, 4), "val_top5": round(raw.top5, 4),
+                       "ema_val_loss": round(ema.loss, 6) if ema else "", "ema_val_top1": round(ema.top1, 4) if ema
+                       else "", "ema_val_top5": round(ema.top5, 4) if ema else "", "skipped_images": len(self.skipped)}
+                self.history.append(row)
+                self._update_best(raw, ema)
+                ema_txt = f" | ema top-1 {ema.top1:.2f}%" if ema else ""
+                log.info(f"epoch {self.epoch + 1}/{c.epochs} train loss {train['train_loss']:.4f} "
+                         f"top-1 {train['train_top1']:.1f}% | val loss {raw.loss:.4f} top-1 {raw.top1:.2f}% "
+                         f"top-5 {raw.top5:.2f}%{ema_txt} | {train['images_per_s']:.0f} img/s"
+                         + (f" | {len(self.skipped)} unreadable images skipped" if self.skipped else ""))
+                if writer is not None:
+                    for k, v in row.items():
+                        if k not in ("epoch", "step") and v != "":
+                            writer.add_scalar(k.replace("ema_val_", "val_ema/").replace("val_", "val/")
+                                              .replace("train_", "train/"), v, self.step)
+                    writer.flush()
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if self.d.main:
+                    self._write_metrics()
+                self._save_checkpoint()
+        finally:
+            if writer is not None:
+                writer.close()
+        summary = {"run_dir": str(self.run_dir), "best": self.best, "epochs": c.epochs, "steps": self.step,
+                   "skipped_images": len(self.skipped)}
+        if self.d.main:
+            log.info(f"best validation top-1 {self.best['top1']:.2f}% ({self.best['weights']} weights, epoch "
+                     f"{self.best['epoch']}) saved as {self.run_dir / RUN_WEIGHTS_FILE}")
+        distributed.barrier(self.d)
+        return summary
+
+    def _log_start(self) -> None:
+        c = self.c
+        params = sum(p.numel() for p in self.net.parameters())
+        amp = "bf16" if self.amp_dtype else "off"
+        log.info(f"model {self.spec.name} at {self.spec.resolution}px, {params / 1e6:.2f} M parameters, "
+                 f"{self.num_classes} classes")
+        log.info(f"data {self.data.description}")
+        log.info(f"recipe {c.recipe}: {c.optimizer} lr {self.lr:.3g} (= {c.lr:g} per {c.lr_base_batch} images), "
+                 f"{c.scheduler} schedule, {c.epochs} epochs x {self.steps_per_epoch} steps, batch {c.batch_size}"
+                 f" x {c.accum_steps} x {self.d.world_size} process(es), EMA {c.ema_decay or 'off'}")
+        log.info(f"device {self.device}, amp {amp}, channels_last {c.channels_last}, compile {c.compile}, "
+                 f"{default_workers(c)} loader workers; config in {self.run_dir / CONFIG_FILE}")
+
+
+def latest_checkpoint_name(run_dir: Path) -> str | None:
+    from .checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    return str(found[-1]) if found else None
+
+
+def train(c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Train (or continue) a run; returns a summary with the best validation result."""
+    trainer = Trainer(c, run_dir, resume=resume, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        for h in list(log.handlers):
+            log.removeHandler(h)
+            h.close()
+        distributed.shutdown(trainer.d)
