@@ -1,0 +1,229 @@
+"""Latency of one model on every path: PyTorch eager, torch.compile, ONNX Runtime fp32 and int8.
+
+All paths of a model are timed in the same rounds (one call of each per round), so a machine that
+other work slows down slows every path alike; the table gives the median and 90th percentile, the
+throughput, and the achieved GMAC/s next to this machine's measured fp32 matmul peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import RubikError
+
+BACKENDS = ("eager", "compile", "ort-fp32", "ort-int8")
+
+
+@dataclass
+class BenchRow:
+    model: str
+    backend: str
+    median_ms: float
+    p90_ms: float
+    batch: int
+    threads: int
+    macs: int | None = None
+    accuracy: float | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return 1e3 * self.batch / self.median_ms
+
+    @property
+    def gmacs(self) -> float | None:
+        return None if self.macs is None else self.macs * self.batch / self.median_ms / 1e6
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "images_per_s": self.images_per_s, "gmac_per_s": self.gmacs}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def matmul_peak(threads: int = 1, size: int = 512, runs: int = 20) -> float:
+    """This machine's fp32 matmul rate in GMAC/s (median of `runs` products of two size x size matrices)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    times = []
+    with torch_threads(threads), torch.inference_mode():
+        for i in range(runs + 3):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    return size ** 3 / statistics.median(times) / 1e9
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], runs: int = 100, warmup: int = 10,
+                     budget_s: float | None = None) -> dict[str, list[float]]:
+    """Wall times in ms of each function, one call of each per round; stops early past `budget_s`."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start_all = time.perf_counter()
+    for _ in range(runs):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - start) * 1e3)
+        if budget_s is not None and time.perf_counter() - start_all > budget_s and len(times[k]) >= 20:
+            break
+    return times
+
+
+def _ort_runner(path: Path, x: np.ndarray, threads: int):
+    from .runtime import open_session
+
+    session = open_session(path, threads)
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})
+
+
+def _macs_of_file(path: Path) -> tuple[str, int | None, int]:
+    """(model name, MACs, resolution) from an exported file's metadata."""
+    from .runtime import META_MODEL, META_PREPROCESS, open_session
+
+    meta = open_session(path).get_modelmeta().custom_metadata_map
+    res = json.loads(meta[META_PREPROCESS])["resolution"] if META_PREPROCESS in meta else None
+    if res is None:
+        raise RubikError(f"{path} has no rubik metadata; bench files exported by `rubik export`")
+    if META_MODEL not in meta:
+        return path.stem, None, res
+    from ..models import build, get_spec
+    from ..profile import count
+
+    spec = get_spec(json.loads(meta[META_MODEL]))
+    with torch.device("meta"):
+        macs, _ = count(build(spec), res)
+    return path.name, macs, res
+
+
+def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 100, warmup: int = 10,
+          backends: tuple[str, ...] = BACKENDS, weights: str | None = None, calib: str | None = None,
+          calib_n: int = 64, workdir: str | Path | None = None, log=print) -> list[BenchRow]:
+    """Time each target (a model name, a spec JSON, or an exported .onnx file) on the requested backends.
+
+    A model is built with random weights (or `weights`), exported and quantized here (int8 calibrated on
+    `calib` images, else on crops of real sample photos). A .onnx file is timed in ONNX Runtime only.
+    """
+    from .export import export_onnx
+    from .images import open_images, sample_photos
+    from .quantize import quantize_int8
+
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise RubikError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="rubik-bench-") as tmp:
+        work = Path(workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for target in targets:
+            fns: dict[str, Callable[[], object]] = {}
+            if target.endswith(".onnx"):
+                path = Path(target)
+                name, macs, res = _macs_of_file(path)
+                x = np.random.default_rng(0).standard_normal((batch, 3, res, res), dtype=np.float32)
+                fns["ort-file"] = _ort_runner(path, x, threads)
+            else:
+                from ..models.weights import create_model, load_trained
+                from ..profile import count
+
+                model = (load_trained(weights, target) if weights else create_model(target)).eval()
+                name, res = model.spec.name, model.spec.resolution
+                macs, _ = count(model, res)
+                xt = torch.randn(batch, 3, res, res)
+                x = xt.numpy()
+                if "eager" in backends:
+                    fns["eager"] = lambda m=model, t=xt: _torch_call(m, t, threads)
+                if "compile" in backends:
+                    log(f"{name}: torch.compile (the first call compiles; minutes on a small CPU)")
+                    compiled = torch.compile(model)
+                    _torch_call(compiled, xt, threads)
+                    fns["compile"] = lambda m=compiled, t=xt: _torch_call(m, t, threads)
+                if "ort-fp32" in backends or "ort-int8" in backends:
+                    fp32 = export_onnx(model, work / f"{name}.onnx", batch=batch)
+                    if "ort-fp32" in backends:
+                        fns["ort-fp32"] = _ort_runner(fp32, x, threads)
+                    if "ort-int8" in backends:
+                        images = open_images(calib).images if calib else sample_photos(max(calib_n, batch))
+                        int8 = work / f"{name}.int8.onnx"
+                        quantize_int8(fp32, images, int8, calib_n=calib_n, threads=threads, log=log)
+                        fns["ort-int8"] = _ort_runner(int8, x, threads)
+            with torch_threads(threads):
+                times = time_interleaved(fns, runs=runs, warmup=warmup)
+            for backend, ts in times.items():
+                rows.append(BenchRow(name, backend, statistics.median(ts), float(np.percentile(ts, 90)), batch,
+                                     threads, macs))
+    return rows
+
+
+def _torch_call(model, x, threads):
+    with torch.inference_mode():
+        return model(x)
+
+
+def format_table(rows: list[BenchRow], peak_gmacs: float | None = None) -> str:
+    """A plain-text table, with each path's speed-up over eager (or over the first path timed)."""
+    head = f"{'model':<24} {'path':<9} {'median ms':>9} {'p90 ms':>8} {'img/s':>8} {'MACs M':>8} {'GMAC/s':>7}"
+    head += f" {'% peak':>6} {'x eager':>7}"
+    lines = [head, "-" * len(head)]
+    base: dict[str, float] = {}
+    for r in rows:
+        base.setdefault(r.model, r.median_ms)
+        if r.backend == "eager":
+            base[r.model] = r.median_ms
+    for r in rows:
+        macs = "-" if r.macs is None else f"{r.macs / 1e6:.1f}"
+        gm = "-" if r.gmacs is None else f"{r.gmacs:.2f}"
+        peak = "-" if r.gmacs is None or not peak_gmacs else f"{100 * r.gmacs / peak_gmacs:.0f}%"
+        lines.append(f"{r.model:<24} {r.backend:<9} {r.median_ms:9.2f} {r.p90_ms:8.2f} {r.images_per_s:8.1f} "
+                     f"{macs:>8} {gm:>7} {peak:>6} {base[r.model] / r.median_ms:7.2f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[BenchRow], path: str | Path, accuracies: dict[str, float] | None = None) -> Path:
+    """Accuracy (when known for every model) or MACs against latency, one marker per path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    accuracies = accuracies or {}
+    use_acc = bool(rows) and all(r.model in accuracies for r in rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"eager": "o", "compile": "s", "ort-fp32": "^", "ort-int8": "D", "ort-file": "v"}
+    for backend in dict.fromkeys(r.backend for r in rows):
+        sel = [r for r in rows if r.backend == backend and (use_acc or r.macs is not None)]
+        if not sel:
+            continue
+        ys = [100 * accuracies[r.model] if use_acc else r.macs / 1e6 for r in sel]
+        ax.scatter([r.median_ms for r in sel], ys, marker=markers.get(backend, "x"), label=backend)
+        for r, y in zip(sel, ys, strict=True):
+            ax.annotate(r.model, (r.median_ms, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"latency, ms (median, batch {rows[0].batch}, {rows[0].threads} thread)" if rows else "latency, ms")
+    ax.set_ylabel("top-1 accuracy, %" if use_acc else "MACs, M")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,158 @@
+"""`rubik export` (ONNX, int8, ncnn) and `rubik bench` (latency on every path). Heavy imports stay inside."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import RubikError
+
+
+def _load_model(args: argparse.Namespace):
+    from ..models.weights import create_model, load_trained
+
+    if args.weights:
+        if not Path(args.weights).exists():
+            raise RubikError(f"weights {args.weights} do not exist; pass a training run directory "
+                             "(with model.json and best.safetensors) or a .safetensors/.pth file")
+        return load_trained(args.weights, args.model)
+    if not args.model:
+        raise RubikError("name the model: --model NAME|SPEC.json, or --weights RUN_DIR")
+    if args.pretrained:
+        return create_model(args.model, pretrained=True).eval()
+    if args.random_init:
+        return create_model(args.model, num_classes=args.num_classes).eval()
+    raise RubikError("export needs trained weights: --weights RUN_DIR|FILE, or --pretrained for the official "
+                     "ImageNet weights (--random-init exports untrained weights, for speed tests only)")
+
+
+def _heldout(calib: str, eval_source: str | None, calib_images, calib_idx: list[int], n: int):
+    from .images import open_images, sample
+
+    if eval_source:
+        held = open_images(eval_source, "test")
+        return held.subset(sample(held, n, seed=1))
+    held = open_images(calib, "test")
+    same = held.images == calib_images.images
+    idx = sample(held, n, seed=1, exclude=set(calib_idx) if same else None)
+    return held.subset(idx)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_onnx, verify_onnx
+
+    out = Path(args.output)
+    if args.int8 and not args.calib:
+        raise RubikError("--int8 needs calibration images: --calib DIR (images like the training data) or 'digits'")
+    if args.format == "ncnn" and args.int8:
+        raise RubikError("--int8 is for --format onnx; ncnn models are quantized with ncnn's own tools")
+    model = _load_model(args)
+    name = model.spec.name
+    verify_images = None
+    if args.calib or args.images:
+        from .images import open_images, sample
+
+        source = open_images(args.images or args.calib, "test")
+        verify_images = source.subset(sample(source, 16, seed=2)).images
+
+    if args.format == "ncnn":
+        from .edge import export_ncnn
+
+        result = export_ncnn(model, out, images=verify_images, threads=args.threads)
+        print(f"wrote {result.param} and {result.bin}")
+        print(f"ncnn {result.verification}")
+        return
+
+    fp32_path = out.with_name(out.name.removesuffix(".onnx") + ".fp32.onnx") if args.int8 else out
+    export_onnx(model, fp32_path, dynamic_batch=args.dynamic_batch, batch=args.batch,
+                resolution=args.resolution, opset=args.opset)
+    check = verify_onnx(model, fp32_path, images=verify_images, threads=args.threads)
+    print(f"wrote {fp32_path} ({name}, fp32, BatchNorm folded, "
+          f"{'dynamic' if args.dynamic_batch else args.batch} batch)")
+    print(f"ONNX Runtime vs PyTorch: {check}")
+    if not args.int8:
+        return
+
+    from .images import open_images, sample
+    from .quantize import check_int8, quantize_int8
+
+    calib = open_images(args.calib, "train")
+    calib_idx = sample(calib, args.calib_n, seed=0)
+    config = quantize_int8(fp32_path, calib.subset(calib_idx).images, out, calib_n=args.calib_n,
+                           boundary=args.boundary, method=args.calib_method, threads=args.threads)
+    print(f"wrote {out} (int8 {config.format} U8S8 per-channel, {config.calibration} calibration on "
+          f"{config.calib_images} images; first {config.float_nodes} of {config.nodes} nodes kept float)")
+    held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n)
+    result = check_int8(fp32_path, out, held, getattr(model, "classes", None), threads=args.threads)
+    print(result)
+    if result.accuracy_delta is not None and -100 * result.accuracy_delta > args.max_drop:
+        raise RubikError(f"int8 loses {-100 * result.accuracy_delta:.2f} accuracy points (> --max-drop "
+                         f"{args.max_drop}); calibrate on more images (--calib-n), try --calib-method percentile, "
+                         "or fine-tune with quantization-aware training")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import BACKENDS, bench, format_table, matmul_peak, plot
+
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else BACKENDS
+    if args.no_compile:
+        backends = tuple(b for b in backends if b != "compile")
+    peak = matmul_peak(args.threads)
+    rows = bench(args.targets, threads=args.threads, batch=args.batch, runs=args.runs, backends=backends,
+                 weights=args.weights, calib=args.calib, calib_n=args.calib_n, log=lambda s: None if args.json
+                 else print(s, flush=True))
+    if args.json:
+        print(json.dumps({"matmul_peak_gmacs": peak, "rows": [r.as_dict() for r in rows]}, indent=2))
+    else:
+        print(format_table(rows, peak))
+        print(f"# fp32 matmul peak on this machine: {peak:.1f} GMAC/s ({args.threads} thread); "
+              "GMAC/s = MACs x batch / median latency; random weights unless --weights")
+    if args.plot:
+        from ..models import MODELS
+
+        acc = {n: s.paper["top1"] / 100 for n, s in MODELS.items() if "top1" in s.paper}
+        print(f"wrote {plot(rows, args.plot, acc)}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained model to ONNX (optionally int8) or ncnn, verified")
+    p.add_argument("--model", help="a named model or a JSON spec (read from the run directory when omitted)")
+    p.add_argument("--weights", help="a training run directory or a .safetensors/.pth file")
+    p.add_argument("--pretrained", action="store_true", help="the official ImageNet weights instead of --weights")
+    p.add_argument("--random-init", action="store_true", help="untrained weights (speed tests only)")
+    p.add_argument("--num-classes", type=int, default=1000, help="with --random-init")
+    p.add_argument("--format", choices=("onnx", "ncnn"), default="onnx")
+    p.add_argument("-o", "--output", required=True, help="model.onnx (with --int8 the fp32 file goes beside it "
+                   "as model.fp32.onnx); for ncnn, the stem of model.ncnn.param / .bin")
+    p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: fixed)")
+    p.add_argument("--batch", type=int, default=1, help="the fixed batch size (default 1)")
+    p.add_argument("--resolution", type=int, help="input size (default: the model's)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--images", help="images to verify the export on (default: --calib, else two sample photos)")
+    p.add_argument("--int8", action="store_true", help="post-training static int8 quantization")
+    p.add_argument("--calib", help="calibration images: a folder (ROOT/CLASS/*.jpg, or ROOT/train/...) or 'digits'")
+    p.add_argument("--calib-n", type=int, default=256, help="calibration images to use (default 256)")
+    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--boundary", default="auto", help="first quantized node: 'auto' (timed here), 'all' "
+                   "(all but the stem) or an index")
+    p.add_argument("--eval", help="held-out images for the int8 check (default: the test/ or val/ split of "
+                   "--calib, else calibration-folder images not used for calibration)")
+    p.add_argument("--eval-n", type=int, default=1000, help="held-out images to check int8 on (default 1000)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="fail when int8 loses more accuracy points")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="latency of models on PyTorch eager, torch.compile, ORT fp32 and int8")
+    p.add_argument("targets", nargs="+", metavar="MODEL|FILE", help="named models, JSON specs or .onnx files")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=100, help="timed rounds after 10 warm-up calls")
+    p.add_argument("--weights", help="weights for a single model (default: random; latency does not depend on them)")
+    p.add_argument("--backends", help="comma-separated subset of eager,compile,ort-fp32,ort-int8")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it takes minutes to compile)")
+    p.add_argument("--calib", help="int8 calibration images (default: crops of two sample photos)")
+    p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--plot", help="write accuracy (published top-1, when known) or MACs against latency to a PNG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,100 @@
+"""Real images for verification, calibration and held-out checks: a folder, `digits`, or two sample photos.
+
+Everything here returns HxWx3 uint8 arrays (or file paths) that go through the exported model's own
+`Preprocess`, so calibration sees exactly what the deployed model will see.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RubikError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DIGITS = "digits"
+
+
+class NoImagesError(RubikError):
+    """A data folder with no image files in it."""
+
+
+@dataclass
+class LabelledImages:
+    """Images (paths or arrays) with class indices into `classes` (labels are None for an unlabelled folder)."""
+
+    images: list
+    labels: list[int] | None
+    classes: list[str] | None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: list[int]) -> LabelledImages:
+        return LabelledImages([self.images[i] for i in indices],
+                              None if self.labels is None else [self.labels[i] for i in indices], self.classes)
+
+
+def _digits(split: str) -> LabelledImages:
+    # scikit-learn's 8x8 digits, split 80/20 stratified with seed 0 as `rubik train` does.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    train, test = train_test_split(range(len(d.target)), test_size=0.2, random_state=0, stratify=d.target)
+    idx = train if split == "train" else test
+    grey = np.clip(np.round(d.images[idx] * (255 / 16)), 0, 255).astype(np.uint8)
+    return LabelledImages([np.repeat(g[:, :, None], 3, axis=2) for g in grey], [int(t) for t in d.target[idx]],
+                          [str(i) for i in range(10)])
+
+
+def open_images(source: str | Path, split: str = "train") -> LabelledImages:
+    """`digits` (its train or test split), or a folder: ROOT/CLASS/*.jpg (labelled), ROOT/{train,val,test}/CLASS
+    (the split's subfolder) or any tree of images (unlabelled)."""
+    if str(source) == DIGITS:
+        return _digits(split)
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise NoImagesError(f"image folder {root} does not exist; pass a folder of images (ROOT/CLASS/*.jpg) "
+                            "or 'digits'")
+    sub = {"train": ("train",), "test": ("test", "val", "valid", "validation")}[split]
+    for name in sub:
+        if (root / name).is_dir():
+            root = root / name
+            break
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise NoImagesError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
+                            "pass a folder that holds the calibration images, e.g. ROOT/CLASS/*.jpg")
+    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    if classes and all(len(p.relative_to(root).parts) > 1 for p in files):
+        index = {c: i for i, c in enumerate(classes)}
+        return LabelledImages([str(p) for p in files], [index[p.relative_to(root).parts[0]] for p in files], classes)
+    return LabelledImages([str(p) for p in files], None, None)
+
+
+def sample(images: LabelledImages, n: int, seed: int = 0, exclude: set[int] | None = None) -> list[int]:
+    """`n` indices spread over the classes (a seeded shuffle), skipping `exclude`."""
+    order = [i for i in range(len(images)) if not exclude or i not in exclude]
+    random.Random(seed).shuffle(order)
+    return order[:n]
+
+
+def sample_photos(n: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """Real photographs when the user gave none: crops of the two photos scikit-learn ships."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        size = int(rng.integers(min(h, w) // 4, min(h, w)))
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        crop = photo[top:top + size, left:left + size]
+        out.append(np.ascontiguousarray(crop[:, ::-1] if i % 2 else crop))
+    return out

@@ -1,0 +1,270 @@
+"""Post-training static int8 quantization with ONNX Runtime, tuned for speed on this CPU, checked on held-out images.
+
+The recipe (see benchmarks/deploy.py for the measurements behind it):
+
+- QDQ format, uint8 activations, int8 per-channel symmetric weights (`U8S8`): the combination ORT's
+  x86 kernels (VNNI where the CPU has it) run fastest; ORT fuses the QDQ pairs into QLinearConv,
+  QLinearSigmoid, QLinearMul, QLinearGlobalAveragePool and runs the int8 part in NHWC.
+- Everything quantized from a *precision boundary* on; the stem convolution and the thin,
+  high-resolution layers before the boundary stay float. ORT's int8 depthwise kernel costs about
+  the same per pixel whatever the channel count, so on 8-24-channel maps at 112x112 (GhostNet's
+  early cheap operations) it is 3x slower than float; from the first wide layers on, int8 wins.
+  `boundary="auto"` times a few candidate boundaries on this machine and keeps the fastest; one
+  calibration pass serves them all (ORT's calibration cache).
+- MinMax calibration on real images, `calib_n` of them (default 256).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RubikError
+from .images import LabelledImages
+from .runtime import META_PRECISION, META_PREPROCESS, Preprocess, open_session
+
+META_INT8 = "rubik.int8"  # JSON: how the file was quantized (QuantConfig)
+
+
+@dataclass
+class QuantConfig:
+    """What `quantize_int8` did; written into the int8 file's metadata."""
+
+    format: str = "QDQ"
+    activations: str = "uint8"
+    weights: str = "int8 per-channel symmetric"
+    calibration: str = "MinMax"
+    calib_images: int = 0
+    boundary: int = 0  # index (in the float graph's node order) of the first quantized node
+    float_nodes: int = 0  # nodes before the boundary, left in float
+    nodes: int = 0
+    tuned: dict[str, float] = field(default_factory=dict)  # candidate boundary -> median ms, when tuned
+
+
+class CalibrationError(RubikError):
+    """Calibration that cannot run: no images, or images the model cannot take."""
+
+
+def _inputs(session, pre: Preprocess, images: list, batch: int = 16):
+    """Preprocessed batches sized for the session's (static or dynamic) batch dimension."""
+    fixed = session.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else batch
+    for i in range(0, len(images) - (len(images) % step if isinstance(fixed, int) else 0), step):
+        yield pre(images[i:i + step])
+
+
+def _reader(session, pre: Preprocess, images: list):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    name = session.get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = _inputs(session, pre, images)
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {name: x}
+
+    return Reader()
+
+
+def _node_kinds(graph) -> list[str]:
+    """'stem', 'dw' (depthwise conv), or the op type, for each node in order."""
+    inits = {i.name: i for i in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
+    kinds = []
+    for node in graph.node:
+        if node.op_type == "Conv":
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            weight = inits.get(node.input[1])
+            if node.input[0] in graph_inputs:
+                kinds.append("stem")
+            elif group > 1 and weight is not None and group == weight.dims[0]:
+                kinds.append("dw")
+            else:
+                kinds.append("Conv")
+        else:
+            kinds.append(node.op_type)
+    return kinds
+
+
+def candidate_boundaries(graph, max_candidates: int = 8) -> list[int]:
+    """Where int8 may start: after the stem, or at one of the depthwise convs in the first half of the network.
+
+    Starting at a depthwise conv keeps each block's expansion and depthwise in the same precision.
+    """
+    kinds = _node_kinds(graph)
+    stem = max((i for i, k in enumerate(kinds) if k == "stem"), default=-1)
+    dws = [i for i, k in enumerate(kinds) if k == "dw"]
+    picks = [stem + 1]
+    for j in (1, 2, 4, 6, 9, 12, 16, 20):  # denser early, where the thin high-resolution layers are
+        if j < 0.6 * len(dws) and len(picks) < max_candidates:
+            # back up to the block's expansion conv so the whole block switches precision together
+            start = dws[j]
+            while start > stem + 1 and kinds[start - 1] not in ("Add", "Concat", "dw"):
+                start -= 1
+            picks.append(start)
+    return sorted(set(picks))
+
+
+def _time_sessions(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int) -> dict[str, float]:
+    """Median latency in ms of each file, runs interleaved so a busy machine slows all of them alike."""
+    sessions = {k: open_session(p, threads) for k, p in paths.items()}
+    name = next(iter(sessions.values())).get_inputs()[0].name
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        for _ in range(5):
+            s.run(None, {name: x})
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, {name: x})
+            times[k].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Path, *, calib_n: int = 256,
+                  boundary: int | str = "auto", method: str = "minmax", threads: int = 1,
+                  tune_rounds: int = 30, log=print) -> QuantConfig:
+    """Quantize an exported fp32 ONNX file to int8 with real calibration images; returns what it did.
+
+    `calib_images`: paths, PIL images or HxWx3 uint8 arrays (the first `calib_n` are used);
+    `boundary`: "auto" (time candidates here), "all" (everything but the stem), or a node index.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    images = list(calib_images[:calib_n])
+    if not images:
+        raise CalibrationError("no calibration images: pass a folder of images from the training distribution "
+                               "(--calib DIR) or 'digits'")
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise RubikError(f"unknown calibration method {method!r}; choose one of {sorted(methods)}")
+    ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every unused initializer
+    session = open_session(fp32_path, threads)
+    meta = session.get_modelmeta().custom_metadata_map
+    if META_PREPROCESS not in meta:
+        raise RubikError(f"{fp32_path} has no rubik preprocessing metadata; export it with `rubik export` first")
+    pre = Preprocess.from_json(meta[META_PREPROCESS])
+    fixed = session.get_inputs()[0].shape[0]
+    if isinstance(fixed, int) and len(images) < fixed:
+        raise CalibrationError(f"{len(images)} calibration image(s) for a model with a fixed batch of {fixed}")
+
+    with tempfile.TemporaryDirectory(prefix="rubik-int8-") as tmp:
+        tmp = Path(tmp)
+        pre_path = tmp / "pre.onnx"
+        # Shape inference plus ORT's basic graph optimisation, as ORT recommends before quantizing.
+        quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=False)
+        graph = onnx.load(str(pre_path)).graph
+        names = [n.name for n in graph.node]
+        cache = tmp / "calibration.json"
+        common = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                      per_channel=True, reduce_range=False, calibrate_method=methods[method],
+                      calibration_cache_path=str(cache), extra_options={"WeightSymmetric": True})
+
+        def quantize(start: int, path: Path) -> Path:
+            reader = None if cache.exists() else _reader(session, pre, images)
+            try:
+                quantize_static(str(pre_path), str(path), reader, nodes_to_quantize=names[start:], **common)
+            except (ValueError, RuntimeError) as e:
+                raise CalibrationError(f"calibration failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                                       "check that the images are readable RGB pictures") from None
+            return path
+
+        if boundary == "auto":
+            starts = candidate_boundaries(graph)
+        elif boundary == "all":
+            starts = candidate_boundaries(graph, max_candidates=1)
+        else:
+            starts = [int(boundary)]
+        paths = {str(s): quantize(s, tmp / f"int8_{s}.onnx") for s in starts}
+        tuned: dict[str, float] = {}
+        if len(paths) > 1:
+            tuned = _time_sessions(paths, next(_inputs(session, pre, images[:1] * 16)), threads, tune_rounds)
+            best = min(tuned.values())
+            # Within 3% of the fastest, keep more layers in float: same speed, less rounding.
+            start = max(int(k) for k, v in tuned.items() if v <= best * 1.03)
+            log("int8 precision boundary, median ms by first quantized node: "
+                + ", ".join(f"{k}: {v:.2f}" for k, v in tuned.items()) + f" -> {start}")
+        else:
+            start = starts[0]
+        model = onnx.load(paths[str(start)])
+
+    config = QuantConfig(calibration=method, calib_images=len(images), boundary=start, float_nodes=start,
+                         nodes=len(names), tuned=tuned)
+    props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    props.update({META_PRECISION: "int8", META_INT8: json.dumps(asdict(config))})
+    del model.metadata_props[:]
+    for k, v in props.items():
+        e = model.metadata_props.add()
+        e.key, e.value = k, v
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return config
+
+
+@dataclass
+class Int8Check:
+    """The int8 file against the fp32 file on held-out images."""
+
+    n: int
+    top1_agreement: float
+    fp32_accuracy: float | None = None
+    int8_accuracy: float | None = None
+
+    @property
+    def accuracy_delta(self) -> float | None:
+        if self.fp32_accuracy is None or self.int8_accuracy is None:
+            return None
+        return self.int8_accuracy - self.fp32_accuracy
+
+    def __str__(self) -> str:
+        text = f"int8 vs fp32 on {self.n} held-out images: top-1 agreement {self.top1_agreement:.1%}"
+        if self.accuracy_delta is not None:
+            text += (f", accuracy {self.fp32_accuracy:.2%} -> {self.int8_accuracy:.2%} "
+                     f"({100 * self.accuracy_delta:+.2f} points)")
+        return text
+
+
+def predictions(path: str | Path, images: list, threads: int = 1) -> np.ndarray:
+    """Arg-max class of each image under a file's own preprocessing."""
+    session = open_session(path, threads)
+    pre = Preprocess.from_json(session.get_modelmeta().custom_metadata_map[META_PREPROCESS])
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else 32
+    out = [session.run(None, {name: pre(images[i:i + step])})[0].argmax(1) for i in range(0, len(images), step)]
+    return np.concatenate(out)
+
+
+def check_int8(fp32_path: str | Path, int8_path: str | Path, heldout: LabelledImages,
+               model_classes: list[str] | None = None, threads: int = 1) -> Int8Check:
+    """Top-1 agreement of int8 with fp32, and both accuracies when the held-out images are labelled with
+    the model's classes (labels are mapped by class name when the model knows its class names)."""
+    if not len(heldout):
+        raise CalibrationError("no held-out images to check the int8 model on")
+    a = predictions(fp32_path, heldout.images, threads)
+    b = predictions(int8_path, heldout.images, threads)
+    check = Int8Check(len(a), float((a == b).mean()))
+    if heldout.labels is not None:
+        labels = np.asarray(heldout.labels)
+        if model_classes and heldout.classes:
+            index = {c: i for i, c in enumerate(model_classes)}
+            if not set(heldout.classes) <= set(index):
+                return check  # other classes than the model's: agreement is all we can say
+            labels = np.asarray([index[heldout.classes[t]] for t in heldout.labels])
+        check.fp32_accuracy = float((a == labels).mean())
+        check.int8_accuracy = float((b == labels).mean())
+    return check
