@@ -147,3 +147,20 @@ def test_bad_spec_names_the_field(tmp_path):
 def test_list_models_filter():
     assert rubik.list_models("tinynet_*") == [f"tinynet_{c}" for c in "abcde"]
     assert "ghostnet_100" in rubik.list_models()
+
+
+def test_plan_arithmetic_counts_what_the_hooks_count():
+    """Twisting counts MACs by arithmetic on the plan; it must agree with counting the built model."""
+    import random
+
+    from rubik.models.ghost import GhostNet, ghost_plan_macs
+    from rubik.models.mbconv import TINYNET_RULES, plan_macs
+
+    rng = random.Random(0)
+    for _ in range(15):
+        w, d, r, n = rng.uniform(0.1, 2.2), rng.uniform(0.2, 2.5), rng.randint(32, 320), rng.choice([10, 1000])
+        with torch.device("meta"):
+            mb = MBConvNet(width=w, depth=d, rules=rng.choice([EFFICIENTNET_RULES, TINYNET_RULES]), num_classes=n)
+            gh = GhostNet(width=w, depth=d, num_classes=n)
+        assert plan_macs(mb.plan, r, n) == count(mb, r)[0]
+        assert ghost_plan_macs(gh.plan, r, n) == count(gh, r)[0]

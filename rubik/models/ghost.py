@@ -6,11 +6,12 @@ Names follow timm's GhostNet (itself the official PyTorch file's), so its checkp
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .layers import Residual, SqueezeExcite, conv_bn, make_divisible
+from .layers import Residual, SqueezeExcite, conv_bn, make_divisible, out_size
 from .mbconv import init_weights
 
 # GhostNet 1.0x (paper Table 7): rows of (kernel, expansion channels, out channels, SE ratio, stride).
@@ -51,15 +52,14 @@ class GhostBottleneck(Residual):
 
     has_skip = True  # every Ghost bottleneck adds a shortcut, an identity or a projection
 
-    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, kernel: int, stride: int, se_ratio: float):
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, kernel: int, stride: int, se_ch: int):
         super().__init__()
         self.ghost1 = GhostModule(in_ch, mid_ch, relu=True)
         if stride > 1:
             self.conv_dw, self.bn_dw = conv_bn(mid_ch, mid_ch, kernel, stride, groups=mid_ch)
         else:
             self.conv_dw = self.bn_dw = None
-        self.se = (SqueezeExcite(mid_ch, make_divisible(mid_ch * se_ratio, 4), nn.ReLU, nn.Hardsigmoid)
-                   if se_ratio else None)
+        self.se = SqueezeExcite(mid_ch, se_ch, nn.ReLU, nn.Hardsigmoid) if se_ch else None
         self.ghost2 = GhostModule(mid_ch, out_ch, relu=False)
         if in_ch == out_ch and stride == 1:
             self.shortcut = nn.Sequential()
@@ -100,32 +100,80 @@ def scale_group(group: tuple, depth: float) -> tuple:
     return group[: n - 1] + (group[-1],)
 
 
+@dataclass(frozen=True)
+class GhostBlockPlan:
+    in_ch: int
+    mid_ch: int
+    out_ch: int
+    kernel: int
+    stride: int
+    se_ch: int  # squeeze-excite reduced channels (0: no SE)
+
+
+@dataclass(frozen=True)
+class GhostPlan:
+    stem: int
+    groups: tuple[tuple[GhostBlockPlan, ...], ...]
+    last: int  # the 1x1 ConvBnAct before pooling
+    head: int
+
+
+def plan_ghostnet(width: float = 1.0, depth: float = 1.0, groups: tuple = GHOSTNET_GROUPS,
+                  head_channels: int = 1280) -> GhostPlan:
+    """Scale the GhostNet table: the single place where width and depth become channels and blocks."""
+    if width <= 0 or depth <= 0:
+        raise ValueError(f"width and depth multipliers must be positive, got width={width}, depth={depth}")
+    stem = in_ch = make_divisible(16 * width, 4)
+    planned = []
+    for group in groups:
+        blocks = []
+        for kernel, exp, out, se_ratio, stride in scale_group(group, depth):
+            out_ch, mid_ch = make_divisible(out * width, 4), make_divisible(exp * width, 4)
+            se_ch = make_divisible(mid_ch * se_ratio, 4) if se_ratio else 0
+            blocks.append(GhostBlockPlan(in_ch, mid_ch, out_ch, kernel, stride, se_ch))
+            in_ch = out_ch
+        planned.append(tuple(blocks))
+    return GhostPlan(stem, tuple(planned), make_divisible(groups[-1][-1][1] * width, 4), head_channels)
+
+
+def ghost_plan_macs(plan: GhostPlan, resolution: int, num_classes: int = 1000, in_chans: int = 3) -> int:
+    """MACs of a planned GhostNet by arithmetic: the same count as rubik.profile's hooks."""
+
+    def ghost_module(size: int, in_ch: int, out_ch: int) -> int:
+        primary = math.ceil(out_ch / 2)
+        return size * size * (in_ch * primary + primary * 9)  # 1x1 conv, then the cheap depthwise 3x3
+
+    size = out_size(resolution, 3, 2)
+    macs = size * size * in_chans * 9 * plan.stem
+    for b in (b for group in plan.groups for b in group):
+        macs += ghost_module(size, b.in_ch, b.mid_ch)
+        new = out_size(size, b.kernel, b.stride)
+        if b.stride > 1:
+            macs += new * new * b.mid_ch * b.kernel ** 2
+        macs += 2 * b.mid_ch * b.se_ch + ghost_module(new, b.mid_ch, b.out_ch)
+        if b.stride > 1 or b.in_ch != b.out_ch:
+            macs += new * new * b.in_ch * (b.kernel ** 2 + b.out_ch)
+        size = new
+    in_ch = plan.groups[-1][-1].out_ch
+    return macs + size * size * in_ch * plan.last + plan.last * plan.head + plan.head * num_classes
+
+
 class GhostNet(nn.Module):
     def __init__(self, width: float = 1.0, depth: float = 1.0, groups: tuple = GHOSTNET_GROUPS,
                  num_classes: int = 1000, drop_rate: float = 0.2, in_chans: int = 3, head_channels: int = 1280):
         super().__init__()
-        if width <= 0 or depth <= 0:
-            raise ValueError(f"width and depth multipliers must be positive, got width={width}, depth={depth}")
         self.num_classes = num_classes
-        stem = make_divisible(16 * width, 4)
-        self.conv_stem, self.bn1 = conv_bn(in_chans, stem, 3, 2)
+        self.plan = plan = plan_ghostnet(width, depth, groups, head_channels)
+        self.conv_stem, self.bn1 = conv_bn(in_chans, plan.stem, 3, 2)
         self.act1 = nn.ReLU(inplace=True)
-
-        stages, in_ch = [], stem
-        for group in groups:
-            layers = []
-            for kernel, exp, out, se_ratio, stride in scale_group(group, depth):
-                out_ch, mid_ch = make_divisible(out * width, 4), make_divisible(exp * width, 4)
-                layers.append(GhostBottleneck(in_ch, mid_ch, out_ch, kernel, stride, se_ratio))
-                in_ch = out_ch
-            stages.append(nn.Sequential(*layers))
-        last = make_divisible(groups[-1][-1][1] * width, 4)
-        stages.append(nn.Sequential(ConvBnAct(in_ch, last)))
+        stages = [nn.Sequential(*(GhostBottleneck(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch)
+                                  for b in group)) for group in plan.groups]
+        stages.append(nn.Sequential(ConvBnAct(plan.groups[-1][-1].out_ch, plan.last)))
         self.blocks = nn.Sequential(*stages)
 
         self.num_features = head_channels
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv_head = nn.Conv2d(last, head_channels, 1, bias=True)  # no BatchNorm here, as in the paper
+        self.conv_head = nn.Conv2d(plan.last, head_channels, 1, bias=True)  # no BatchNorm here, as in the paper
         self.act2 = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(head_channels, num_classes) if num_classes > 0 else nn.Identity()

@@ -42,6 +42,11 @@ def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int =
     return conv, nn.BatchNorm2d(out_ch)
 
 
+def out_size(size: int, kernel: int, stride: int) -> int:
+    """Spatial size after a convolution padded as `conv_bn` pads it (odd sizes round up when striding)."""
+    return (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
+
+
 class Residual(nn.Module):
     """Marker base for blocks that keep their input alive for a skip connection.
 

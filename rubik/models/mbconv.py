@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .layers import Residual, SqueezeExcite, conv_bn, drop_connect, make_divisible
+from .layers import Residual, SqueezeExcite, conv_bn, drop_connect, make_divisible, out_size
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,76 @@ def scale_repeats(repeats: int, depth: float, rounding: str) -> int:
     return max(1, round(repeats * depth))
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """One block after scaling: the exact channels and strides the builder will use."""
+
+    block: Literal["ds", "ir"]
+    in_ch: int
+    out_ch: int
+    kernel: int
+    stride: int
+    expand: int
+    se_ch: int  # squeeze-excite reduced channels (0: no SE)
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    stem: int
+    stages: tuple[tuple[BlockPlan, ...], ...]
+    head: int
+
+
+def plan_network(stages: tuple[MBStage, ...], width: float, depth: float, rules: ScalingRules) -> NetPlan:
+    """Scale a stage table: the single place where width and depth become channels and blocks."""
+    if width <= 0 or depth <= 0:
+        raise ValueError(f"width and depth multipliers must be positive, got width={width}, depth={depth}")
+    stem = make_divisible(rules.stem_channels * width) if rules.stem == "scaled" else rules.stem_channels
+    head = {"scaled": make_divisible(rules.head_channels * width),
+            "at_least_base": max(rules.head_channels, make_divisible(rules.head_channels * width)),
+            "fixed": rules.head_channels}[rules.head]
+    planned, in_ch = [], stem
+    for stage in stages:
+        out_ch = make_divisible(stage.channels * width)
+        blocks = []
+        for i in range(scale_repeats(stage.repeats, depth, rules.depth_rounding)):
+            # SE width comes from the block's input channels, as in the paper and the official code.
+            se_ch = max(1, round(in_ch * stage.se_ratio)) if stage.se_ratio else 0
+            expand = 1 if stage.block == "ds" else stage.expand
+            blocks.append(BlockPlan(stage.block, in_ch, out_ch, stage.kernel, stage.stride if i == 0 else 1,
+                                    expand, se_ch))
+            in_ch = out_ch
+        planned.append(tuple(blocks))
+    return NetPlan(stem, tuple(planned), head)
+
+
+def plan_macs(plan: NetPlan, resolution: int, num_classes: int = 1000, in_chans: int = 3) -> int:
+    """MACs of a planned network, by arithmetic: the same count as rubik.profile's hooks, in microseconds.
+
+    Twisting searches thousands of (resolution, width) points; building each would take 0.1 s.
+    """
+    size = out_size(resolution, 3, 2)
+    macs = size * size * in_chans * 9 * plan.stem
+    for block in (b for stage in plan.stages for b in stage):
+        mid = block.in_ch * block.expand
+        if block.block == "ir":
+            macs += size * size * block.in_ch * mid
+        size = out_size(size, block.kernel, block.stride)
+        macs += size * size * mid * block.kernel ** 2 + 2 * mid * block.se_ch + size * size * mid * block.out_ch
+    last = plan.stages[-1][-1].out_ch
+    return macs + size * size * last * plan.head + plan.head * num_classes
+
+
 class DepthwiseSeparable(Residual):
     """Depthwise conv -> SE -> pointwise projection; the first MBConv stage (expansion 1)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, se_ratio: float,
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, se_ch: int,
                  act: type[nn.Module], drop_rate: float):
         super().__init__()
         self.has_skip = stride == 1 and in_ch == out_ch
         self.conv_dw, self.bn1 = conv_bn(in_ch, in_ch, kernel, stride, groups=in_ch)
         self.act = act(inplace=True)
-        self.se = SqueezeExcite(in_ch, max(1, round(in_ch * se_ratio)), act) if se_ratio else nn.Identity()
+        self.se = SqueezeExcite(in_ch, se_ch, act) if se_ch else nn.Identity()
         self.conv_pw, self.bn2 = conv_bn(in_ch, out_ch, 1)
         self.drop_path = drop_connect(drop_rate) if self.has_skip else nn.Identity()
 
@@ -89,15 +149,14 @@ class InvertedResidual(Residual):
     """MBConv: pointwise expansion -> depthwise conv -> SE -> linear pointwise projection."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int,
-                 se_ratio: float, act: type[nn.Module], drop_rate: float):
+                 se_ch: int, act: type[nn.Module], drop_rate: float):
         super().__init__()
         mid = in_ch * expand
         self.has_skip = stride == 1 and in_ch == out_ch
         self.conv_pw, self.bn1 = conv_bn(in_ch, mid, 1)
         self.conv_dw, self.bn2 = conv_bn(mid, mid, kernel, stride, groups=mid)
         self.act = act(inplace=True)
-        # SE width comes from the block's input channels, as in the paper and the official code.
-        self.se = SqueezeExcite(mid, max(1, round(in_ch * se_ratio)), act) if se_ratio else nn.Identity()
+        self.se = SqueezeExcite(mid, se_ch, act) if se_ch else nn.Identity()
         self.conv_pwl, self.bn3 = conv_bn(mid, out_ch, 1)
         self.drop_path = drop_connect(drop_rate) if self.has_skip else nn.Identity()
 
@@ -120,38 +179,29 @@ class MBConvNet(nn.Module):
                  drop_rate: float = 0.2, drop_connect_rate: float = 0.2, in_chans: int = 3,
                  act: type[nn.Module] = nn.SiLU):
         super().__init__()
-        if width <= 0 or depth <= 0:
-            raise ValueError(f"width and depth multipliers must be positive, got width={width}, depth={depth}")
         self.num_classes = num_classes
-        stem = make_divisible(rules.stem_channels * width) if rules.stem == "scaled" else rules.stem_channels
-        head = {"scaled": make_divisible(rules.head_channels * width),
-                "at_least_base": max(rules.head_channels, make_divisible(rules.head_channels * width)),
-                "fixed": rules.head_channels}[rules.head]
-
-        self.conv_stem, self.bn1 = conv_bn(in_chans, stem, 3, 2)
+        self.plan = plan = plan_network(stages, width, depth, rules)
+        self.conv_stem, self.bn1 = conv_bn(in_chans, plan.stem, 3, 2)
         self.act = act(inplace=True)
 
-        plan = [(s, scale_repeats(s.repeats, depth, rules.depth_rounding)) for s in stages]
-        total = sum(n for _, n in plan)
-        blocks, in_ch, index = [], stem, 0
-        for stage, n in plan:
-            out_ch = make_divisible(stage.channels * width)
+        total = sum(len(stage) for stage in plan.stages)
+        blocks, index = [], 0
+        for stage in plan.stages:
             layers = []
-            for i in range(n):
-                stride = stage.stride if i == 0 else 1
+            for b in stage:
                 rate = drop_connect_rate * index / total  # deeper blocks are dropped more often
-                if stage.block == "ds":
-                    layers.append(DepthwiseSeparable(in_ch, out_ch, stage.kernel, stride, stage.se_ratio, act, rate))
+                if b.block == "ds":
+                    layers.append(DepthwiseSeparable(b.in_ch, b.out_ch, b.kernel, b.stride, b.se_ch, act, rate))
                 else:
-                    layers.append(InvertedResidual(in_ch, out_ch, stage.kernel, stride, stage.expand,
-                                                   stage.se_ratio, act, rate))
-                in_ch, index = out_ch, index + 1
+                    layers.append(InvertedResidual(b.in_ch, b.out_ch, b.kernel, b.stride, b.expand, b.se_ch,
+                                                   act, rate))
+                index += 1
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*blocks)
-        self.depths = [n for _, n in plan]
+        self.depths = [len(stage) for stage in plan.stages]
 
-        self.conv_head, self.bn2 = conv_bn(in_ch, head, 1)
-        self.num_features = head
+        self.conv_head, self.bn2 = conv_bn(plan.stages[-1][-1].out_ch, plan.head, 1)
+        self.num_features = head = plan.head
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(head, num_classes) if num_classes > 0 else nn.Identity()
@@ -176,6 +226,8 @@ class MBConvNet(nn.Module):
 
 def init_weights(module: nn.Module) -> None:
     """He-normal (fan-out) convolutions, unit BatchNorm, small uniform classifier: the official init."""
+    if any(p.is_meta for p in module.parameters()):
+        return  # a shape-only model (for counting) has no values to initialise
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,0 +1,61 @@
+"""The tiny formula's curves r(c), d(c), w(c) with the GP's band and the data (TinyNet paper, Fig. 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .twist import Twister, TwistResult
+
+
+def plot_curves(twister: Twister, path: str | Path, result: TwistResult | None = None, points: int = 24) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    formula = twister.formula
+    c_lo = min(formula.c_range[0], result.ratio if result else 1.0) * 0.7
+    cs = np.geomspace(c_lo, 1.0, 200)
+    preds = formula.predict(cs)
+    solved_c = np.geomspace(max(c_lo, twister.feasible_range()[0] / twister.base_macs * 1.05), 1.0, points)
+    solved = [twister.to_ratio(float(c)) for c in solved_c]
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
+    for ax, dim, label in zip(axes[:2], ("r", "d"), ("resolution r", "depth d"), strict=True):
+        mean = np.array([getattr(p, dim) for p in preds])
+        std = np.array([getattr(p, f"{dim}_std") for p in preds])
+        ax.fill_between(cs, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.2, label="GP mean ± 2σ")
+        ax.plot(cs, mean, color="C0", label="GP mean")
+        ax.set_ylabel(f"{label} (x {twister.base.name})")
+    w_closed = [np.sqrt(p.c / (p.r ** 2 * p.d)) for p in preds]
+    axes[2].plot(cs, w_closed, "--", color="C0", label="sqrt(c / r²d), no rounding")
+    axes[2].plot(solved_c, [s.spec.width / twister.base.width for s in solved], ".-", color="C2",
+                 label="solved on the built model")
+    axes[2].set_ylabel(f"width w (x {twister.base.name})")
+    for ax, dim in zip(axes, ("r", "d", "w"), strict=True):
+        fitted = [p for p in formula.points if p.fit]
+        ref = [p for p in formula.points if not p.fit]
+        ax.scatter([p.c for p in fitted], [getattr(p, dim) for p in fitted], color="k", zorder=3, label="formula data")
+        if ref:
+            ax.scatter([p.c for p in ref], [getattr(p, dim) for p in ref], facecolors="none", edgecolors="k",
+                       zorder=3, label="base (not fitted)")
+        for p in formula.points:
+            if p.name:
+                ax.annotate(p.name.replace("tinynet_", "").replace("efficientnet_", ""), (p.c, getattr(p, dim)),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if result is not None:
+            value = {"r": result.spec.resolution / twister.base.resolution,
+                     "d": result.spec.depth / twister.base.depth,
+                     "w": result.spec.width / twister.base.width}[dim]
+            ax.scatter([result.ratio], [value], marker="*", s=180, color="C3", zorder=4, label=result.spec.name)
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs ratio c (MACs / base MACs)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Tiny formula for {twister.base.name} ({formula.path})", fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,96 @@
+"""Solving width for a MACs target on the real, built model.
+
+The closed form w = sqrt(c / (r^2 d)) ignores channel rounding (multiples of 8, never 10 % below),
+the one-block floor per stage and the fixed stem/head, so it misses small models by up to 2x.
+Here MACs are counted exactly (by arithmetic on the MBConv plan, or on a shape-only "meta" model
+for other families) and width is found by bisection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..errors import RubikError
+from ..models import EFFICIENTNET_B0_STAGES, ModelSpec, build
+from ..models.ghost import ghost_plan_macs, plan_ghostnet
+from ..models.mbconv import plan_macs, plan_network
+from ..profile import count
+
+WIDTH_RANGE = (0.05, 4.0)
+MIN_RESOLUTION = 32
+
+
+class InfeasibleBudget(RubikError):
+    """A budget no model of this family and formula can meet; the message gives the feasible range."""
+
+
+def macs_of(spec: ModelSpec, num_classes: int = 1000) -> int:
+    """Exact MACs of the model a spec describes (arithmetic on its plan where the family has one)."""
+    if spec.family == "mbconv":
+        return plan_macs(plan_network(EFFICIENTNET_B0_STAGES, spec.width, spec.depth, spec.rules), spec.resolution,
+                         num_classes)
+    if spec.family == "ghostnet":
+        return ghost_plan_macs(plan_ghostnet(spec.width, spec.depth), spec.resolution, num_classes)
+    with torch.device("meta"):
+        model = build(spec, num_classes=num_classes)
+    return count(model, spec.resolution)[0]
+
+
+def solve_width(spec: ModelSpec, target_macs: float, tolerance: float = 1e-3) -> list[tuple[ModelSpec, int]]:
+    """The two widths around the target: the widest model at or below it and the narrowest above.
+
+    MACs grow in steps with width (all stages round to multiples of 8 together), so bisection
+    brackets the step that crosses the target. Raises InfeasibleBudget when even the extreme
+    widths cannot reach it.
+    """
+    cache: dict[float, int] = {}
+
+    def at(w: float) -> int:
+        if w not in cache:
+            cache[w] = macs_of(replace(spec, width=w))
+        return cache[w]
+
+    lo, hi = WIDTH_RANGE
+    if at(lo) > target_macs:
+        raise InfeasibleBudget(f"{target_macs / 1e6:.1f} M MACs is below the narrowest model at resolution "
+                               f"{spec.resolution} and depth {spec.depth:.3f} ({at(lo) / 1e6:.1f} M MACs)")
+    if at(hi) < target_macs:
+        raise InfeasibleBudget(f"{target_macs / 1e6:.1f} M MACs is above the widest model at resolution "
+                               f"{spec.resolution} and depth {spec.depth:.3f} ({at(hi) / 1e6:.1f} M MACs)")
+    while hi - lo > tolerance:
+        mid = (lo * hi) ** 0.5  # geometric: width matters relatively
+        if at(mid) <= target_macs:
+            lo = mid
+        else:
+            hi = mid
+    return [(replace(spec, width=w), at(w)) for w in (lo, hi)]  # unrounded: a step may sit at the 4th digit
+
+
+def solve(spec: ModelSpec, target_macs: float, max_error: float = 0.01,
+          max_resolution_change: float = 0.06) -> tuple[ModelSpec, int]:
+    """Width for the target; where channel steps leave it more than `max_error` off, resolution too.
+
+    MACs move in steps with width (the first stage going from 8 to 16 channels adds 13 % to a
+    TinyNet-C-sized model) and with resolution (strided feature maps round up, so 192 -> 193 px
+    adds a row and column to the last stages: 17 %). Resolutions nearest the formula's are tried
+    in turn, each with its own width, until one lands within `max_error`.
+    """
+    bracket = solve_width(spec, target_macs)
+    best_spec, best = min(bracket, key=lambda sm: abs(sm[1] - target_macs))
+    limit = max(1, round(spec.resolution * max_resolution_change))
+    for offset in sorted(range(-limit, limit + 1), key=abs)[1:]:
+        if abs(best / target_macs - 1) <= max_error:
+            break
+        resolution = spec.resolution + offset
+        if resolution < MIN_RESOLUTION:
+            continue
+        try:
+            bracket = solve_width(replace(spec, resolution=resolution), target_macs)
+        except InfeasibleBudget:
+            continue
+        cand_spec, cand = min(bracket, key=lambda sm: abs(sm[1] - target_macs))
+        if abs(cand - target_macs) < abs(best - target_macs):
+            best_spec, best = cand_spec, cand
+    return best_spec, best

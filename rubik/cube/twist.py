@@ -1,0 +1,209 @@
+"""Twisting a base model to a budget: the tiny formula (default) or the giant formula.
+
+tiny:  r, d = GP fit of the Pareto front at c;  w solved on the built model so MACs = c x base.
+giant: phi from c (each unit of phi doubles FLOPs); r, d from phi;  w solved the same way
+       (the literal w = 1.1^phi overshoots small budgets by up to 2x, see rubik.models.registry).
+A latency budget is met by measuring candidates: bisection on c of the measured latency.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ..errors import RubikError
+from ..models import ModelSpec, ScalingRules, get_spec
+from .formula import Prediction, TinyFormula
+from .giant import giant, phi_for_ratio
+from .solve import MIN_RESOLUTION, WIDTH_RANGE, InfeasibleBudget, macs_of, solve
+
+METHODS = ("tiny", "giant")
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "macs" | "ratio" | "latency"
+    value: float  # MACs, a ratio to the base, or milliseconds
+
+    def __str__(self) -> str:
+        return {"macs": f"{self.value / 1e6:g} M MACs", "ratio": f"{self.value:g} x base MACs",
+                "latency": f"{self.value:g} ms"}[self.kind]
+
+
+def parse_macs(text: str) -> float:
+    """'100M', '1.2G', '35e6', '24000k' -> MACs."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kKmMgG]?)\s*(?:MACs?|FLOPs?)?\s*", text)
+    if not m:
+        raise RubikError(f"cannot read MACs budget {text!r}; write it like 100M, 1.2G or 35e6")
+    return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+
+
+def parse_latency(text: str) -> float:
+    """'4ms', '4', '0.004s', '800us' -> milliseconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|us)?\s*", text)
+    if not m:
+        raise RubikError(f"cannot read latency budget {text!r}; write it like 4ms, 800us or 0.004s")
+    return float(m.group(1)) * {None: 1, "ms": 1, "s": 1e3, "us": 1e-3}[m.group(2)]
+
+
+@dataclass
+class TwistResult:
+    spec: ModelSpec
+    base: ModelSpec
+    method: str
+    ratio: float  # c: target MACs / base MACs
+    target_macs: float
+    macs: int
+    base_macs: int
+    prediction: Prediction | None = None  # the GP's r, d and their standard deviations (tiny)
+    latency_ms: float | None = None
+    phi: float | None = None  # giant
+
+    @property
+    def error(self) -> float:
+        return self.macs / self.target_macs - 1
+
+    def extrapolated(self, formula: TinyFormula) -> bool:
+        """True when c lies below half the formula's smallest fitted point: a guess, not a fit."""
+        return self.method == "tiny" and self.ratio < 0.5 * formula.c_range[0]
+
+    def to_dict(self) -> dict:
+        twist = {"method": self.method, "base": self.base.name, "ratio": self.ratio,
+                 "target_macs": self.target_macs, "macs": self.macs, "base_macs": self.base_macs,
+                 "resolution_multiplier": self.spec.resolution / self.base.resolution,
+                 "depth_multiplier": self.spec.depth / self.base.depth,
+                 "width_multiplier": self.spec.width / self.base.width}
+        if self.prediction is not None:
+            p = self.prediction
+            twist["gp"] = {"r": p.r, "r_std": p.r_std, "d": p.d, "d_std": p.d_std}
+        if self.phi is not None:
+            twist["phi"] = self.phi
+        if self.latency_ms is not None:
+            twist["latency_ms"] = self.latency_ms
+        return {"model": self.spec.to_dict(), "twist": twist}
+
+
+class Twister:
+    """Twists one base model with one formula; caches the base's MACs and the formula's fit."""
+
+    def __init__(self, base: str | ModelSpec = "efficientnet_b0", method: str = "tiny",
+                 formula: TinyFormula | str | None = None):
+        if method not in METHODS:
+            raise RubikError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        self.base = get_spec(base)
+        if self.base.family not in ("mbconv", "ghostnet"):
+            raise RubikError(f"{self.base.name} has no cube to twist; bases: efficientnet_*, tinynet_*, ghostnet_*")
+        self.method = method
+        self.formula = formula if isinstance(formula, TinyFormula) else TinyFormula.load(formula)
+        self.base_macs = macs_of(self.base)
+
+    def _rules(self) -> ScalingRules:
+        if self.base.family != "mbconv":
+            return self.base.rules
+        if self.method == "giant":
+            return self.base.rules
+        return replace(self.base.rules, **self.formula.rules)
+
+    def _start(self, c: float) -> tuple[ModelSpec, Prediction | None, float | None]:
+        """The formula's (r, d) at c, before width is solved."""
+        if self.method == "tiny":
+            p = self.formula.predict(c)
+            r, d, pred, phi = p.r, p.d, p, None
+        else:
+            phi = phi_for_ratio(c)
+            r, d, _ = giant(phi)
+            pred = None
+        resolution = max(MIN_RESOLUTION, round(self.base.resolution * r))
+        spec = replace(self.base, resolution=resolution, depth=self.base.depth * d, rules=self._rules(),
+                       paper={}, hub_id=None)
+        return spec, pred, phi
+
+    def _smallest_macs(self, c: float) -> int:
+        spec, _, _ = self._start(c)
+        return macs_of(replace(spec, width=WIDTH_RANGE[0]))
+
+    def feasible_range(self) -> tuple[float, float]:
+        """(smallest, largest) MACs this base and formula can be twisted to."""
+        lo, hi = 1e-4, 1.0  # bisection on ln c for the smallest c whose narrowest model fits under c x base
+        if self._smallest_macs(hi) > self.base_macs:
+            return self.base_macs, self.base_macs
+        for _ in range(40):
+            mid = math.sqrt(lo * hi)
+            if self._smallest_macs(mid) <= mid * self.base_macs:
+                hi = mid
+            else:
+                lo = mid
+        upper = self.base_macs * (1.0 if self.method == "tiny" else 8.0)
+        return hi * self.base_macs, upper
+
+    def _range_error(self, what: str, hint: str = "") -> RubikError:
+        lo, hi = self.feasible_range()
+        return RubikError(f"{what} is outside what {self.method} twisting of {self.base.name} can build{hint}; "
+                          f"feasible: {lo / 1e6:.1f} M .. {hi / 1e6:.1f} M MACs "
+                          f"(ratio {lo / self.base_macs:.3f} .. {hi / self.base_macs:.3f})")
+
+    def to_macs(self, target_macs: float, name: str | None = None) -> TwistResult:
+        c = target_macs / self.base_macs
+        if c <= 0 or (self.method == "tiny" and c > 1.0 + 1e-9):
+            hint = "" if c <= 0 else " (the tiny formula shrinks a base; --method giant grows one)"
+            raise self._range_error(f"{target_macs / 1e6:.1f} M MACs", hint)
+        spec, pred, phi = self._start(c)
+        try:
+            spec, macs = solve(spec, target_macs)
+        except InfeasibleBudget:
+            raise self._range_error(f"{target_macs / 1e6:.1f} M MACs") from None
+        name = name or f"{self.base.name}_{self.method}_{target_macs / 1e6:.0f}m"
+        return TwistResult(replace(spec, name=name), self.base, self.method, c, target_macs, macs,
+                           self.base_macs, pred, phi=phi)
+
+    def to_ratio(self, ratio: float, name: str | None = None) -> TwistResult:
+        return self.to_macs(ratio * self.base_macs, name)
+
+    def to_latency(self, target_ms: float, measure: Callable[[ModelSpec], float], name: str | None = None,
+                   iterations: int = 7) -> TwistResult:
+        """The largest model (by MACs) whose measured latency is within the budget.
+
+        Latency grows with c but not strictly (it depends on kernels, not only MACs), so this is
+        a bisection on ln c of measured latencies; each step builds and times a real model.
+        """
+        lo_macs, hi_macs = self.feasible_range()
+        lo, hi = lo_macs / self.base_macs * 1.01, min(1.0, hi_macs / self.base_macs)
+        smallest = self.to_ratio(lo)
+        smallest.latency_ms = measure(smallest.spec)
+        if smallest.latency_ms > target_ms:
+            raise RubikError(f"{target_ms:g} ms is below the fastest model twisted from {self.base.name} on this "
+                             f"machine ({smallest.latency_ms:.2f} ms at {smallest.macs / 1e6:.1f} M MACs)")
+        largest = self.to_ratio(hi)
+        largest.latency_ms = measure(largest.spec)
+        if largest.latency_ms <= target_ms:
+            return largest
+        best = smallest
+        for _ in range(iterations):
+            mid = math.sqrt(lo * hi)
+            candidate = self.to_ratio(mid)
+            candidate.latency_ms = measure(candidate.spec)
+            if candidate.latency_ms <= target_ms:
+                best, lo = candidate, mid
+            else:
+                hi = mid
+        if name:
+            best.spec = replace(best.spec, name=name)
+        return best
+
+
+def twist(base: str = "efficientnet_b0", budget: Budget | None = None, method: str = "tiny",
+          formula: str | TinyFormula | None = None, measure: Callable[[ModelSpec], float] | None = None,
+          name: str | None = None) -> TwistResult:
+    """One-call twisting: `twist("efficientnet_b0", Budget("ratio", 0.25))`."""
+    if budget is None:
+        raise RubikError("give a budget: MACs (--flops 100M), a ratio (--ratio 0.25) or a latency (--latency 4ms)")
+    t = Twister(base, method, formula)
+    if budget.kind == "macs":
+        return t.to_macs(budget.value, name)
+    if budget.kind == "ratio":
+        return t.to_ratio(budget.value, name)
+    if measure is None:
+        raise RubikError("a latency budget needs a runtime to measure candidates with")
+    return t.to_latency(budget.value, measure, name)

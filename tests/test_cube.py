@@ -1,0 +1,155 @@
+"""The giant and tiny formulas, width solving, and `rubik twist`."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import rubik
+from rubik.cli import main
+from rubik.cube.formula import FormulaError, TinyFormula
+from rubik.cube.giant import flops_ratio, giant, phi_for_ratio
+from rubik.cube.solve import macs_of
+from rubik.cube.twist import Twister, parse_latency, parse_macs
+from rubik.errors import RubikError
+from rubik.models import get_spec
+
+TINYNETS = {"tinynet_a": 0.9, "tinynet_b": 0.5, "tinynet_c": 0.25, "tinynet_d": 0.13, "tinynet_e": 0.06}
+
+
+@pytest.fixture(scope="module")
+def twister():
+    return Twister("efficientnet_b0")
+
+
+def test_giant_formula_both_directions():
+    assert giant(0) == (1.0, 1.0, 1.0)
+    r, d, w = giant(-4)
+    assert math.isclose(d, 1.2 ** -4) and math.isclose(w, 1.1 ** -4) and math.isclose(r, 1.15 ** -4)
+    for phi in (-3.7, -1, 0.5, 2.25):
+        assert math.isclose(phi_for_ratio(flops_ratio(phi)), phi)
+    assert 1.9 < flops_ratio(1) < 2.0  # alpha beta^2 gamma^2 ~= 2: each phi doubles FLOPs
+
+
+def test_refit_reproduces_tinynets(twister):
+    for name, c in TINYNETS.items():
+        result = twister.to_ratio(c)
+        tiny = get_spec(name)
+        assert abs(result.error) <= 0.01
+        assert abs(result.spec.resolution / tiny.resolution - 1) < 0.05, name
+        assert abs(result.spec.depth / tiny.depth - 1) < 0.03, name
+        assert abs(result.spec.width / tiny.width - 1) < 0.08, name
+
+
+def test_leave_one_out_tinynet_c():
+    formula = TinyFormula.load().without("tinynet_c")
+    assert all(p.name != "tinynet_c" for p in formula.points)
+    p = formula.predict(0.25)
+    assert abs(p.r / 0.821 - 1) < 0.10 and abs(p.d / 0.85 - 1) < 0.10
+    result = Twister("efficientnet_b0", formula=formula).to_ratio(0.25)
+    assert abs(result.spec.resolution / 184 - 1) < 0.10 and abs(result.spec.depth / 0.85 - 1) < 0.10
+
+
+@pytest.mark.parametrize("base", ["efficientnet_b0", "ghostnet_100"])
+def test_twenty_budgets_hit_their_macs(base):
+    twister = Twister(base)
+    lo, hi = twister.feasible_range()
+    budgets = np.geomspace(lo * 1.001, hi, 20)
+    for target in budgets:
+        result = twister.to_macs(float(target))
+        assert result.macs == macs_of(result.spec)  # the counted model is the one described
+        assert abs(result.macs / target - 1) <= 0.01, (target, result.spec)
+
+
+def test_twisted_spec_builds_the_model_it_describes(twister):
+    from rubik.profile import count
+
+    result = twister.to_macs(35e6)
+    model = rubik.create_model(result.to_dict()["model"])
+    assert count(model, result.spec.resolution)[0] == result.macs
+
+
+def test_budget_errors_give_the_feasible_range(twister):
+    lo, hi = twister.feasible_range()
+    with pytest.raises(RubikError, match=r"feasible: .* M MACs"):
+        twister.to_macs(lo * 0.5)
+    with pytest.raises(RubikError, match="giant"):
+        twister.to_macs(hi * 1.5)
+    with pytest.raises(RubikError, match="no cube"):
+        Twister("mobilenetv3_small_100")
+
+
+def test_giant_method_grows_and_shrinks():
+    giant_twister = Twister("efficientnet_b0", method="giant")
+    for c in (0.0625, 0.5, 2.0):
+        result = giant_twister.to_ratio(c)
+        assert abs(result.error) <= 0.01
+        r, d, _ = giant(result.phi)
+        assert result.spec.depth == pytest.approx(d)
+        assert abs(result.spec.resolution - 224 * r) <= 0.07 * 224 * r
+
+
+def test_latency_budget_bisects_measured_latency(twister):
+    measured = []
+
+    def fake_latency(spec):  # a machine where latency is MACs / 10 GMAC/s plus overhead
+        ms = macs_of(spec) / 1e7 + 0.5
+        measured.append(ms)
+        return ms
+
+    result = twister.to_latency(10.0, fake_latency)
+    assert result.latency_ms <= 10.0 and result.latency_ms > 8.5
+    with pytest.raises(RubikError, match="below the fastest"):
+        twister.to_latency(0.1, fake_latency)
+
+
+def test_budget_parsing():
+    assert parse_macs("100M") == 100e6 and parse_macs("1.2G") == 1.2e9 and parse_macs("35e6") == 35e6
+    assert parse_latency("4ms") == 4 and parse_latency("800us") == pytest.approx(0.8)
+    with pytest.raises(RubikError, match="100M"):
+        parse_macs("a lot")
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d["points"][2].update(d=-1), r"points\[2\]\.d"),
+    (lambda d: d["points"][1].pop("r"), r"points\[1\]\.r"),
+    (lambda d: d.update(points="none"), "'points'"),
+    (lambda d: d.update(format="other"), "'format'"),
+    (lambda d: d["points"][3].update(c=339), r"points\[3\]\.c"),
+])
+def test_malformed_formula_names_the_field(tmp_path, mutate, field):
+    data = TinyFormula.load().to_dict()
+    mutate(data)
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(FormulaError, match=field):
+        TinyFormula.load(path)
+
+
+def test_formula_round_trip_and_too_few_points(tmp_path):
+    formula = TinyFormula.load()
+    path = tmp_path / "f.json"
+    formula.save(path)
+    again = TinyFormula.load(path)
+    assert again.points == formula.points and again.rules == formula.rules
+    data = formula.to_dict()
+    data["points"] = data["points"][:3]  # B0 (not fitted) and two TinyNets
+    path.write_text(json.dumps(data))
+    with pytest.raises(FormulaError, match="at least 3"):
+        TinyFormula.load(path)
+    with pytest.raises(FormulaError, match="cannot read"):
+        TinyFormula.load(tmp_path / "missing.json")
+
+
+def test_cli_twist_writes_spec_and_plot(tmp_path, capsys):
+    spec_path, png = tmp_path / "spec.json", tmp_path / "curves.png"
+    assert main(["twist", "--flops", "35M", "--out", str(spec_path), "--plot", str(png), "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "MACs" in out and "GP band" in out
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    model = rubik.create_model(str(spec_path))
+    data = json.loads(spec_path.read_text())
+    assert abs(data["twist"]["macs"] / 35e6 - 1) <= 0.01 and model.spec.name == data["model"]["name"]
+    assert main(["twist", "--flops", "1M"]) == 2
+    assert "feasible" in capsys.readouterr().err
