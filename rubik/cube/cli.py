@@ -13,12 +13,29 @@ def _torch_latency(spec) -> float:
     return latency(build(spec), spec.resolution, threads=1, runs=30)
 
 
-def _measure(runtime: str):
-    if runtime == "torch":
-        return _torch_latency
-    from ..deploy import onnxruntime_latency  # the deploy layer owns ONNX export and sessions
+def _onnxruntime_latency(spec) -> float:
+    """Median ms of the model exported as rubik export writes it (BN folded), in ONNX Runtime, one thread."""
+    import statistics
+    import tempfile
+    from pathlib import Path
 
-    return lambda spec: onnxruntime_latency(spec, threads=1)
+    import numpy as np
+
+    from ..deploy.bench import time_interleaved
+    from ..deploy.export import export_onnx, open_session
+    from ..models import build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(build(spec).eval(), Path(tmp) / "candidate.onnx")
+        session = open_session(path, threads=1)
+        x = np.random.default_rng(0).standard_normal((1, 3, spec.resolution, spec.resolution), dtype=np.float32)
+        name = session.get_inputs()[0].name
+        times = time_interleaved({"ort": lambda: session.run(None, {name: x})}, runs=50)["ort"]
+    return statistics.median(times)
+
+
+def _measure(runtime: str):
+    return _torch_latency if runtime == "torch" else _onnxruntime_latency
 
 
 def cmd_twist(args: argparse.Namespace) -> None:
@@ -69,7 +86,7 @@ def cmd_twist(args: argparse.Namespace) -> None:
     print(f"twist {b.name} to {budget} with the {args.method} formula ({twister.formula.path})")
     fmt = "{:<30} {:>6} {:>6} {:>6} {:>6} {:>10} {:>8} {:>9} {:>11}"
     print(fmt.format("model", "input", "r", "d", "w", "MACs M", "err %", "params M", "latency ms"))
-    base_ms = "-"
+    base_ms = "-" if result.latency_ms is None else f"{measure(b):.2f}"
     print(fmt.format(b.name + " (base)", b.resolution, "1", "1", "1", f"{twister.base_macs / 1e6:.1f}", "",
                      f"{base_params / 1e6:.2f}", base_ms))
     lat = f"{result.latency_ms:.2f}" if result.latency_ms is not None else "-"
