@@ -4,7 +4,9 @@ Also the leave-one-out check (fit without TinyNet-C, twist to c = 0.25).
 Run: .venv/bin/python benchmarks/twist_refit.py   (a few seconds; no data needed)
 """
 
-from rubik.cube.formula import TinyFormula
+import numpy as np
+
+from rubik.cube.formula import TinyFormula, closed_form_width
 from rubik.cube.twist import Twister
 from rubik.models import get_spec
 
@@ -26,6 +28,9 @@ def main() -> None:
     p = formula.predict(0.25)
     print(f"\nleave-one-out (fit without TinyNet-C) at c = 0.25: r = {p.r:.3f} ({100 * (p.r / 0.821 - 1):+.1f} % vs "
           f"0.821), d = {p.d:.3f} ({100 * (p.d / 0.85 - 1):+.1f} % vs 0.85)")
+    worst = max(closed_form_width(c, r.prediction.r, r.prediction.d) / r.spec.width - 1
+                for r in (twister.to_ratio(float(c)) for c in np.geomspace(0.05, 1, 25)))
+    print(f"closed-form width sqrt(c / r^2 d) vs the solved width, c in [0.05, 1]: up to {100 * worst:+.0f} %")
     lo, hi = twister.feasible_range()
     print(f"feasible MACs budgets for efficientnet_b0 (tiny): {lo / 1e6:.1f} M .. {hi / 1e6:.1f} M")
     print("fitted kernels:", twister.formula.kernels())
