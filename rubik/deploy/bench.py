@@ -89,7 +89,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], runs: int = 100, warm
 
 
 def _ort_runner(path: Path, x: np.ndarray, threads: int):
-    from .runtime import open_session
+    from .export import open_session
 
     session = open_session(path, threads)
     name = session.get_inputs()[0].name
@@ -98,7 +98,8 @@ def _ort_runner(path: Path, x: np.ndarray, threads: int):
 
 def _macs_of_file(path: Path) -> tuple[str, int | None, int]:
     """(model name, MACs, resolution) from an exported file's metadata."""
-    from .runtime import META_MODEL, META_PREPROCESS, open_session
+    from .export import open_session
+    from .runtime import META_MODEL, META_PREPROCESS
 
     meta = open_session(path).get_modelmeta().custom_metadata_map
     res = json.loads(meta[META_PREPROCESS])["resolution"] if META_PREPROCESS in meta else None

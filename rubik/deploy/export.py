@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
-from .runtime import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS, Preprocess, open_session
+from .runtime import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS, Preprocess, RuntimeModelError
+from .runtime import open_session as _open_session
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_OPSET = 18
@@ -28,6 +29,18 @@ DEFAULT_OPSET = 18
 
 class ExportMismatchError(RubikError):
     """The exported file computes something other than the PyTorch model."""
+
+
+class ModelFileError(RubikError):
+    """An ONNX file that is missing, corrupt, or not rubik's."""
+
+
+def open_session(path: str | Path, threads: int = 1):
+    """runtime.open_session, with its error as a RubikError (the runtime itself must not import rubik)."""
+    try:
+        return _open_session(path, threads)
+    except RuntimeModelError as e:
+        raise ModelFileError(str(e)) from None
 
 
 def preprocess_of(model: nn.Module, resolution: int | None = None) -> Preprocess:

@@ -27,7 +27,8 @@ import numpy as np
 
 from ..errors import RubikError
 from .images import LabelledImages
-from .runtime import META_PRECISION, META_PREPROCESS, Preprocess, open_session
+from .export import open_session
+from .runtime import META_PRECISION, META_PREPROCESS, Preprocess
 
 META_INT8 = "rubik.int8"  # JSON: how the file was quantized (QuantConfig)
 

@@ -139,6 +139,10 @@ class Trainer:
         self.best: dict[str, Any] = {"top1": -1.0}
         self.history: list[dict[str, Any]] = []
         self.skipped: list[str] = []
+        # Train-loss sums (loss x n, correct, n) and seconds of the epoch in progress: a checkpoint taken
+        # mid-epoch carries them, so the epoch's row after a resume covers the whole epoch.
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.epoch_time = 0.0
         if resume:
             self._resume()
         if self.d.main:
@@ -222,11 +226,15 @@ class Trainer:
             torch.cuda.set_rng_state(cuda_rng[min(self.d.rank, len(cuda_rng) - 1)], self.device)
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.best, self.history, self.skipped = state["best"], state["history"], state["skipped"]
+        # The saved sums are over all processes: rank 0 carries them, the others start from zero.
+        self.sums = state["epoch_sums"].to(self.device) * (1 if self.d.main else 0)
+        self.epoch_time = state["epoch_time"]
         log.info(f"resumed from {path} (epoch {self.epoch + 1}, step {self.step})")
 
     # ---- saving ------------------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
+        sums = distributed.all_reduce_sum(self.sums.clone(), self.d)
         rng = distributed.gather_object(torch.get_rng_state(), self.d)
         cuda_rng = distributed.gather_object(torch.cuda.get_rng_state(self.device), self.d) \
             if self.device.type == "cuda" else []
@@ -239,7 +247,8 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": rng, "cuda_rng": cuda_rng,
                  "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
-                 "best": self.best, "history": self.history, "skipped": self.skipped}
+                 "best": self.best, "history": self.history, "skipped": self.skipped,
+                 "epoch_sums": sums.cpu(), "epoch_time": self.epoch_time + time.perf_counter() - self.t_epoch}
         save_checkpoint(self.run_dir, self.step, weights, state, self.c.keep_last)
 
     def _write_metrics(self) -> None:
@@ -289,7 +298,7 @@ class Trainer:
         self.model.train()
         self._set_frozen(self.epoch < c.freeze_epochs)
         self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * c.batch_size)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss x n, correct, n
+        sums = self.sums  # loss x n, correct, n (non-zero when resuming mid-epoch)
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         check_every = 1 if self.device.type == "cpu" else 20  # a NaN check waits for the GPU: not every step there
         bar = None
@@ -298,7 +307,8 @@ class Trainer:
 
             bar = tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
                        desc=f"epoch {self.epoch + 1}/{c.epochs}")
-        start, seen_since_log, t_log = time.perf_counter(), 0, time.perf_counter()
+        self.t_epoch = t_log = time.perf_counter()
+        seen_since_log = 0
         batch_i = self.batch_in_epoch
         for images, targets, skipped in self.train_loader:
             if batch_i >= self.batches_per_epoch:
@@ -360,7 +370,9 @@ class Trainer:
         if bar is not None:
             bar.close()
         self._check_finite(bad)
-        elapsed = time.perf_counter() - start
+        elapsed = self.epoch_time + time.perf_counter() - self.t_epoch
+        self.sums = torch.zeros_like(sums)
+        self.epoch_time = 0.0
         distributed.all_reduce_sum(sums, d)
         n = max(1.0, float(sums[2]))
         return {"train_loss": float(sums[0]) / n, "train_top1": 100 * float(sums[1]) / n,
@@ -408,6 +420,7 @@ class Trainer:
                     writer.flush()
                 self.epoch += 1
                 self.batch_in_epoch = 0
+                self.t_epoch = time.perf_counter()
                 if self.d.main:
                     self._write_metrics()
                 self._save_checkpoint()
@@ -445,11 +458,15 @@ def latest_checkpoint_name(run_dir: Path) -> str | None:
 
 def train(c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
     """Train (or continue) a run; returns a summary with the best validation result."""
-    trainer = Trainer(c, run_dir, resume=resume, progress=progress)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    trainer = None
     try:
+        trainer = Trainer(c, run_dir, resume=resume, progress=progress)
         return trainer.fit()
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         for h in list(log.handlers):
             log.removeHandler(h)
             h.close()
-        distributed.shutdown(trainer.d)
+        if trainer is not None:
+            distributed.shutdown(trainer.d)
