@@ -18,6 +18,7 @@ PUBLISHED = {
     "efficientnet_b6": (19000, 43), "efficientnet_b7": (37000, 66), "efficientnet_b_4": (24, 1.3),
     "tinynet_a": (339, 6.2), "tinynet_b": (202, 3.7), "tinynet_c": (100, 2.5), "tinynet_d": (52, 2.3),
     "tinynet_e": (24, 2.0), "ghostnet_050": (42, 2.6), "ghostnet_100": (141, 5.2), "ghostnet_130": (226, 7.3),
+    "mobilenetv3_large_100": (219, 5.4), "mobilenetv3_small_100": (56, 2.5),  # torchvision's, as published
 }
 TF_COUNTED = {f"efficientnet_b{i}" for i in range(2, 8)}
 
