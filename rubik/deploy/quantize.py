@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RubikError
-from .images import LabelledImages
 from .export import open_session
+from .images import LabelledImages
 from .runtime import META_PRECISION, META_PREPROCESS, Preprocess
 
 META_INT8 = "rubik.int8"  # JSON: how the file was quantized (QuantConfig)

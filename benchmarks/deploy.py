@@ -1,0 +1,276 @@
+"""Edge deployment benchmark: rubik's ONNX fp32 and int8 paths against the usual path, in one run.
+
+Speed (batch 1, one thread, random weights, each model at its own resolution), all sides timed in the
+same interleaved rounds:
+  timm eager            timm.create_model(name) in PyTorch
+  ORT fp32 (plain)      torch.onnx.export of timm's model, ONNX Runtime with default options, 1 thread
+  ORT int8 (plain)      quantize_static defaults (QDQ, S8S8, per-tensor) calibrated on random data
+  rubik fp32            rubik export: BN folded, GlobalAveragePool, ORT_ENABLE_ALL, sequential
+  rubik int8            rubik export --int8: U8S8 per-channel QDQ, float stem/thin layers, timed boundary
+
+Accuracy: tinynet_e at 32 px trained for a few epochs on a CIFAR-10 subset (plain PyTorch loop, cached
+under --work), then fp32 vs int8 top-1 on 2,000 CIFAR-10 test images. Needs ../shared/datasets.
+
+    .venv/bin/python benchmarks/deploy.py                # everything (~15 min on 2 cores)
+    .venv/bin/python benchmarks/deploy.py --skip-accuracy --models tinynet_e --rounds 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rubik.deploy.bench import time_interleaved, torch_threads  # noqa: E402
+from rubik.deploy.export import export_onnx  # noqa: E402
+from rubik.deploy.images import open_images, sample, sample_photos  # noqa: E402
+from rubik.deploy.quantize import check_int8, quantize_int8  # noqa: E402
+from rubik.deploy.runtime import open_session  # noqa: E402
+
+MODELS = ["tinynet_a", "tinynet_e", "ghostnet_100", "efficientnet_b0"]
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+
+
+def plain_ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()  # ORT's defaults, pinned to the same thread count
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def plain_export(model, res: int, path: Path) -> Path:
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.randn(1, 3, res, res),), str(path), input_names=["input"],
+                          output_names=["logits"], external_data=False)
+    return path
+
+
+def plain_int8(fp32: Path, res: int, out: Path) -> Path:
+    """The naive recipe: quantize_static's defaults, calibrated on random data."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Random(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"input": rng.standard_normal((1, 3, res, res), dtype=np.float32)}
+                                 for _ in range(16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32), str(out), Random())
+    return out
+
+
+def speed(models: list[str], work: Path, rounds: int, threads: int) -> list[dict]:
+    import timm
+
+    import rubik
+
+    rows = []
+    for name in models:
+        print(f"== {name}: exporting and quantizing", flush=True)
+        ours = rubik.create_model(name).eval()
+        res = ours.spec.resolution
+        theirs = timm.create_model(name).eval()
+        x = torch.randn(1, 3, res, res)
+        xn = x.numpy()
+        plain_fp32 = plain_export(theirs, res, work / f"{name}.plain.onnx")
+        plain_q = plain_int8(plain_fp32, res, work / f"{name}.plain.int8.onnx")
+        fp32 = export_onnx(ours, work / f"{name}.onnx")
+        config = quantize_int8(fp32, sample_photos(64), work / f"{name}.int8.onnx", calib_n=64, threads=threads,
+                               log=lambda s: print("   " + s, flush=True))
+        sessions = {"ORT fp32 (plain)": plain_ort_session(plain_fp32, threads),
+                    "ORT int8 (plain)": plain_ort_session(plain_q, threads),
+                    "rubik fp32": open_session(fp32, threads), "rubik int8": open_session(work / f"{name}.int8.onnx",
+                                                                                          threads)}
+
+        def eager(m=theirs, x=x):
+            with torch.inference_mode():
+                return m(x)
+
+        fns = {"timm eager": eager}
+        for k, s in sessions.items():
+            fns[k] = (lambda s=s, xn=xn: s.run(None, {"input": xn}))
+        with torch_threads(threads):
+            times = time_interleaved(fns, runs=rounds, warmup=10)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {"model": name, "res": res, **med, "float_nodes": config.float_nodes, "nodes": config.nodes}
+        rows.append(row)
+        print("   " + "  ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
+    return rows
+
+
+def print_speed(rows: list[dict]) -> None:
+    cols = ["timm eager", "ORT fp32 (plain)", "ORT int8 (plain)", "rubik fp32", "rubik int8"]
+    print("\n| model | res | " + " | ".join(cols) + " | rubik fp32 vs eager | rubik int8 vs ORT fp32 (plain) "
+          "| rubik int8 vs rubik fp32 |")
+    print("|---" * (len(cols) + 5) + "|")
+    for r in rows:
+        cells = " | ".join(f"{r[c]:.2f}" for c in cols)
+        print(f"| {r['model']} | {r['res']} | {cells} | {r['timm eager'] / r['rubik fp32']:.2f}x | "
+              f"{r['ORT fp32 (plain)'] / r['rubik int8']:.2f}x | {r['rubik fp32'] / r['rubik int8']:.2f}x |")
+    print("ms, median of interleaved rounds, batch 1, 1 thread, random weights")
+
+
+# --- accuracy: a small CIFAR-10 model -------------------------------------------------------------
+
+def cifar_root(work: Path) -> Path:
+    root = work / "cifar10"
+    if not (root / "test").is_dir():
+        if not CIFAR.is_file():
+            raise SystemExit(f"{CIFAR} not found: run with --skip-accuracy")
+        print(f"extracting {CIFAR} to {work}", flush=True)
+        with tarfile.open(CIFAR) as tar:
+            tar.extractall(work, filter="data")
+    return root
+
+
+def load_pixels(paths: list[str]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def train_cifar(work: Path, epochs: int, per_class: int, arch: str = "tinynet_e") -> Path:
+    """Plain PyTorch loop: `arch` at 32 px, random crop (pad 4) + flip, AdamW, cosine, label smoothing."""
+    import rubik
+    from rubik.models import get_spec
+
+    run = work / f"cifar-{arch}-e{epochs}-n{per_class}"
+    if (run / "best.safetensors").is_file():
+        return run
+    root = cifar_root(work)
+    train = open_images(root, "train")
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(train.labels):
+        by_class.setdefault(t, []).append(i)
+    idx = [i for c in sorted(by_class) for i in by_class[c][:per_class]]
+    print(f"training {arch} at 32 px on {len(idx)} CIFAR-10 images, {epochs} epochs", flush=True)
+    pixels = torch.from_numpy(load_pixels([train.images[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([train.labels[i] for i in idx])
+    spec = {**get_spec(arch).to_dict(), "name": f"{arch}_cifar32", "resolution": 32, "crop_pct": 1.0}
+    spec.pop("paper"), spec.pop("hub_id")
+    model = rubik.create_model(spec, num_classes=10)
+    mean = torch.tensor(model.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.spec.std).view(1, 3, 1, 1)
+    steps_per_epoch = len(idx) // 128
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    with torch_threads(2):
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(idx), generator=g)
+            start, total = time.time(), 0.0
+            for s in range(steps_per_epoch):
+                b = order[s * 128:(s + 1) * 128]
+                x = torch.nn.functional.pad(pixels[b].float() / 255, (4, 4, 4, 4), mode="reflect")
+                dx, dy = torch.randint(0, 9, (2,), generator=g).tolist()
+                x = x[:, :, dy:dy + 32, dx:dx + 32]
+                flip = torch.rand(len(b), generator=g) < 0.5
+                x[flip] = x[flip].flip(3)
+                loss = loss_fn(model((x - mean) / std), labels[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item()
+            print(f"   epoch {epoch + 1}/{epochs} loss {total / steps_per_epoch:.3f} ({time.time() - start:.0f} s)",
+                  flush=True)
+    from safetensors.torch import save_file
+
+    run.mkdir(parents=True, exist_ok=True)
+    save_file(model.eval().state_dict(), str(run / "best.safetensors"))
+    (run / "model.json").write_text(json.dumps({"model": model.spec.to_dict(), "num_classes": 10,
+                                                "classes": train.classes}))
+    return run
+
+
+def accuracy(work: Path, epochs: int, per_class: int, eval_n: int, threads: int, arch: str) -> dict:
+    import onnx
+
+    from rubik.deploy.export import set_metadata
+    from rubik.models.weights import load_trained
+
+    run = train_cifar(work, epochs, per_class, arch)
+    model = load_trained(run)
+    root = cifar_root(work)
+    fp32 = export_onnx(model, work / f"{run.name}.onnx")
+    calib = open_images(root, "train")
+    calib = calib.subset(sample(calib, 256, seed=0))
+    test = open_images(root, "test")
+    test = test.subset(sample(test, eval_n, seed=1))
+    out = {}
+    for label, kwargs in [("rubik int8 (MinMax, timed boundary)", {}),
+                          ("rubik int8 (MinMax, all but stem)", {"boundary": "all"}),
+                          ("rubik int8 (Percentile, timed boundary)", {"method": "percentile"})]:
+        q = work / f"{run.name}.{len(out)}.int8.onnx"
+        quantize_int8(fp32, calib.images, q, calib_n=256, threads=threads, log=lambda s: None, **kwargs)
+        out[label] = check_int8(fp32, q, test, model.classes, threads)
+        print(f"   {label}: {out[label]}", flush=True)
+    plain = plain_int8(fp32, 32, work / f"{run.name}.plain.int8.onnx")
+    m = onnx.load(str(plain))  # the plain file has no preprocessing metadata: copy it, to evaluate alike
+    set_metadata(m, **{p.key: p.value for p in onnx.load(str(fp32)).metadata_props})
+    onnx.save(m, str(plain))
+    out["ORT int8 (plain: defaults, random calibration)"] = check_int8(fp32, plain, test, model.classes, threads)
+    print(f"   plain: {out['ORT int8 (plain: defaults, random calibration)']}", flush=True)
+    return {"model": run.name, "results": out}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--rounds", type=int, default=150, help="interleaved timing rounds per model")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", default="/tmp/rubik-bench-deploy", help="scratch folder (data, models, runs)")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--arch", default="tinynet_e", help="architecture trained on CIFAR-10 for the accuracy check")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--per-class", type=int, default=2000, help="CIFAR-10 training images per class")
+    p.add_argument("--eval-n", type=int, default=2000, help="CIFAR-10 test images for fp32 vs int8")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import onnxruntime
+
+    print(f"machine: {cpu}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    acc = None if args.skip_accuracy else accuracy(work, args.epochs, args.per_class, args.eval_n, args.threads,
+                                                   args.arch)
+    rows = [] if args.skip_speed else speed(args.models, work, args.rounds, args.threads)
+    if rows:
+        print_speed(rows)
+    if acc:
+        print(f"\naccuracy, {acc['model']}, CIFAR-10 test images:")
+        print("| path | fp32 top-1 | int8 top-1 | delta (points) | top-1 agreement |\n|---|---|---|---|---|")
+        for label, c in acc["results"].items():
+            print(f"| {label} | {100 * c.fp32_accuracy:.2f} | {100 * c.int8_accuracy:.2f} | "
+                  f"{100 * c.accuracy_delta:+.2f} | {100 * c.top1_agreement:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

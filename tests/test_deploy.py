@@ -1,0 +1,251 @@
+"""Edge deployment: verified ONNX export, int8, the torch-free runtime, bench, ncnn, and bad input."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import rubik
+import rubik.cli
+from rubik.deploy.export import ExportMismatchError, ModelFileError, export_onnx, verify_onnx
+from rubik.deploy.images import NoImagesError, open_images, sample_photos
+from rubik.deploy.runtime import META_PREPROCESS, Classifier, Preprocess, RuntimeModelError
+
+TINY = {"name": "tiny", "width": 0.25, "depth": 0.3, "resolution": 32, "crop_pct": 1.0}
+TINY_GHOST = {"name": "tiny_ghost", "family": "ghostnet", "width": 0.25, "depth": 0.3, "resolution": 32}
+RUNTIME_FILE = Path(rubik.__file__).parent / "deploy" / "runtime.py"
+
+
+def run_cli(argv, capsys, monkeypatch):
+    # Only this module's commands: other subcommands are other people's and may be mid-change.
+    monkeypatch.setattr(rubik.cli, "COMMAND_MODULES", ["rubik.cli", "rubik.deploy.cli"])
+    code = rubik.cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def tiny(randomize_bn):
+    torch.manual_seed(0)
+    model = rubik.create_model(TINY, num_classes=3).eval()
+    randomize_bn(model)
+    with torch.no_grad():  # logits of a useful size, so a wrong output cannot hide under the tolerance
+        model.classifier.weight.mul_(50)
+    model.classes = ["cat", "dog", "owl"]
+    return model
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """ROOT/CLASS/*.png with 8 random pictures per class."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for c in ("cat", "dog", "owl"):
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny):
+    """A training run directory as `rubik train` writes it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(tiny.state_dict(), str(run / "best.safetensors"))
+    (run / "model.json").write_text(json.dumps({"model": tiny.spec.to_dict(), "num_classes": 3,
+                                                "classes": tiny.classes}))
+    return run
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_export_matches_pytorch_and_carries_preprocessing(tmp_path, tiny, dynamic):
+    path = export_onnx(tiny, tmp_path / "m.onnx", dynamic_batch=dynamic)
+    check = verify_onnx(tiny, path)
+    assert check.n == 16 and check.max_abs_diff <= check.tolerance and check.top1_agreement == 1.0
+
+    import onnx
+
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    assert "BatchNormalization" not in ops  # folded into the convolutions
+    assert "ReduceMean" not in ops and "GlobalAveragePool" in ops
+    meta = {p.key: p.value for p in model.metadata_props}
+    pre = json.loads(meta[META_PREPROCESS])
+    assert pre["resolution"] == 32 and pre["crop_pct"] == 1.0 and pre["mean"] == list(tiny.spec.mean)
+    assert json.loads(meta["rubik.classes"]) == ["cat", "dog", "owl"]
+
+    clf = Classifier(path)
+    x = clf.preprocess(sample_photos(3))
+    with torch.no_grad():
+        ref = tiny(torch.from_numpy(x)).numpy()
+    # A static batch-1 file runs a batch of 3 one image at a time; a dynamic one in one call.
+    assert np.allclose(clf.logits(x), ref, atol=1e-3 * np.abs(ref).max())
+    assert (clf.session.get_inputs()[0].shape[0] == 1) != dynamic
+
+
+def test_ghostnet_exports_too(tmp_path, randomize_bn):
+    model = rubik.create_model(TINY_GHOST, num_classes=5).eval()
+    randomize_bn(model)
+    path = export_onnx(model, tmp_path / "g.onnx")
+    assert verify_onnx(model, path).top1_agreement == 1.0
+
+
+def test_verification_catches_a_wrong_export(tmp_path, tiny):
+    path = export_onnx(tiny, tmp_path / "m.onnx")
+    with torch.no_grad():
+        tiny.classifier.bias[1] += 5.0  # the file no longer computes what the model does
+    with pytest.raises(ExportMismatchError, match="does not match PyTorch"):
+        verify_onnx(tiny, path)
+
+
+def test_runtime_preprocessing_matches_training_evaluation():
+    from rubik.train.data import eval_transform
+
+    for res, crop, interp in [(64, 0.875, "bicubic"), (32, 1.0, "bilinear")]:
+        pre = Preprocess(res, crop, interp)
+        ref = eval_transform(res, pre.mean, pre.std, crop, interp)
+        for image in sample_photos(2) + [np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)]:
+            ours, theirs = pre(image)[0], ref(Image.fromarray(image)).numpy()
+            assert ours.shape == theirs.shape == (3, res, res)
+            # resamplers round differently: at most one grey level apart, almost everywhere equal
+            assert np.abs(ours - theirs).max() < 2.5 / 255 / min(pre.std)
+            assert np.abs(ours - theirs).mean() < 1e-3
+
+
+def test_runtime_needs_no_torch(tmp_path, tiny):
+    """runtime.py, loaded on its own with `import torch` made to fail, classifies like PyTorch."""
+    path = export_onnx(tiny, tmp_path / "m.onnx")
+    image = sample_photos(1, seed=3)[0]
+    np.save(tmp_path / "image.npy", image)
+    with torch.no_grad():
+        logits = tiny(torch.from_numpy(Preprocess(32, 1.0, "bicubic")(image)))[0]
+    expected = torch.softmax(logits, 0).topk(3)
+    script = textwrap.dedent(f"""
+        import importlib.abc, importlib.util, json, sys
+        import numpy as np
+
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith(("torch.", "rubik")):
+                    raise ImportError("blocked: " + name)
+
+        sys.meta_path.insert(0, NoTorch())
+        spec = importlib.util.spec_from_file_location("runtime", {str(RUNTIME_FILE)!r})
+        runtime = sys.modules["runtime"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(runtime)
+        clf = runtime.Classifier({str(path)!r})
+        top = clf.topk(np.load({str(tmp_path / "image.npy")!r}), k=3)
+        assert not any(m == "torch" or m.startswith(("torch.", "rubik")) for m in sys.modules)
+        print(json.dumps(top))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    top = json.loads(proc.stdout)
+    assert [name for name, _ in top] == [tiny.classes[i] for i in expected.indices]
+    assert np.allclose([p for _, p in top], expected.values.numpy(), atol=1e-4)
+
+
+def test_int8_quantizes_and_checks_against_fp32(tmp_path, tiny, image_folder):
+    from rubik.deploy.quantize import check_int8, quantize_int8
+
+    fp32 = export_onnx(tiny, tmp_path / "m.fp32.onnx")
+    data = open_images(image_folder)
+    config = quantize_int8(fp32, data.images, tmp_path / "m.onnx", calib_n=12, boundary="all")
+    assert config.calib_images == 12 and config.float_nodes >= 1  # the stem stays float
+
+    import onnx
+
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 5 and "DequantizeLinear" in ops
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["rubik.precision"] == "int8" and META_PREPROCESS in meta
+
+    check = check_int8(fp32, tmp_path / "m.onnx", data, tiny.classes)
+    assert check.n == 24 and 0.0 <= check.top1_agreement <= 1.0
+    assert check.accuracy_delta is not None and -1.0 <= check.accuracy_delta <= 1.0
+    assert Classifier(tmp_path / "m.onnx").precision == "int8"
+
+
+def test_cli_export_run_dir_to_int8(tmp_path, run_dir, image_folder, capsys, monkeypatch):
+    out = tmp_path / "out" / "m.onnx"
+    code, stdout, err = run_cli(["export", "--weights", str(run_dir), "-o", str(out), "--int8", "--calib",
+                                 str(image_folder), "--calib-n", "12", "--eval-n", "12", "--boundary", "all",
+                                 "--max-drop", "100"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "ONNX Runtime vs PyTorch: verified on 16 real images" in stdout
+    assert "top-1 agreement" in stdout and "held-out" in stdout
+    assert out.is_file() and (tmp_path / "out" / "m.fp32.onnx").is_file()
+    assert Classifier(out).classes == ["cat", "dog", "owl"]
+
+
+def test_cli_missing_weights_is_one_line(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["export", "--model", "tinynet_e", "--weights", str(tmp_path / "nope"), "-o",
+                            str(tmp_path / "m.onnx")], capsys, monkeypatch)
+    assert code == 2 and "do not exist" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["export", "--model", "tinynet_e", "-o", str(tmp_path / "m.onnx")], capsys, monkeypatch)
+    assert code == 2 and "needs trained weights" in err
+
+
+def test_cli_mismatched_architecture_and_weights(tmp_path, tiny, capsys, monkeypatch):
+    weights = tmp_path / "w.safetensors"
+    save_file(tiny.state_dict(), str(weights))
+    code, _, err = run_cli(["export", "--model", "tinynet_e", "--weights", str(weights), "-o",
+                            str(tmp_path / "m.onnx")], capsys, monkeypatch)
+    assert code == 2 and "does not fit model tinynet_e" in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_onnx_file(tmp_path, tiny, capsys, monkeypatch):
+    path = export_onnx(tiny, tmp_path / "m.onnx")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(RuntimeModelError, match="not a valid ONNX model"):
+        Classifier(path)
+    with pytest.raises(ModelFileError, match="corrupt"):
+        verify_onnx(tiny, path)
+    code, _, err = run_cli(["bench", str(path), "--runs", "2"], capsys, monkeypatch)
+    assert code == 2 and "not a valid ONNX model" in err and "Traceback" not in err
+
+
+def test_calibration_folder_without_images(tmp_path, run_dir, capsys, monkeypatch):
+    empty = tmp_path / "empty" / "cat"
+    empty.mkdir(parents=True)
+    (empty / "notes.txt").write_text("no pictures here")
+    with pytest.raises(NoImagesError, match="no images found"):
+        open_images(tmp_path / "empty")
+    code, _, err = run_cli(["export", "--weights", str(run_dir), "-o", str(tmp_path / "m.onnx"), "--int8",
+                            "--calib", str(tmp_path / "empty")], capsys, monkeypatch)
+    assert code == 2 and "no images found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_rows_and_plot(tmp_path, tiny):
+    from rubik.deploy.bench import bench, format_table, plot
+
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    rows = bench([str(spec)], backends=("eager", "ort-fp32", "ort-int8"), runs=5, warmup=1, calib_n=4,
+                 log=lambda s: None)
+    assert [r.backend for r in rows] == ["eager", "ort-fp32", "ort-int8"]
+    assert all(r.median_ms > 0 and r.p90_ms >= r.median_ms and r.macs > 0 for r in rows)
+    table = format_table(rows, peak_gmacs=10.0)
+    assert table.count("tiny") == 3
+    assert plot(rows, tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_ncnn_export_is_verified(tmp_path, tiny):
+    pytest.importorskip("pnnx")
+    pytest.importorskip("ncnn")
+    from rubik.deploy.edge import export_ncnn
+
+    result = export_ncnn(tiny, tmp_path / "m")
+    assert result.param.is_file() and result.bin.is_file()
+    assert result.verification.max_abs_diff <= result.verification.tolerance
+    assert result.verification.top1_agreement >= 0.9
