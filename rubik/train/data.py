@@ -185,7 +185,9 @@ def train_transform(resolution: int, mean, std, *, scale=(0.08, 1.0), ratio=(3 /
     if color_jitter > 0:
         ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
     if randaugment:
-        ops.append(v2.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude, interpolation=_interp(interpolation)))
+        # Its rotations and shears run on tensors, where torchvision has no bicubic: bilinear there.
+        ops.append(v2.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude,
+                                  interpolation=v2.InterpolationMode.BILINEAR))
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(ops)
 

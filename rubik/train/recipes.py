@@ -28,6 +28,7 @@ class TrainConfig:
     # Schedule and optimiser. The learning rate is `lr` per `lr_base_batch` images, scaled linearly
     # to the global batch (batch_size x accum_steps x processes).
     epochs: int = 30
+    steps_per_epoch: int = 0  # optimizer steps per epoch; 0 = one pass over the training set
     batch_size: int = 64  # per process
     accum_steps: int = 1
     optimizer: str = "adamw"  # adamw | sgd | rmsprop_tf
@@ -213,5 +214,6 @@ def validate(c: TrainConfig) -> None:
     need(len(c.crop_scale) == 2 and 0 < c.crop_scale[0] <= c.crop_scale[1] <= 1,
          f"crop_scale must be [min, max] within (0, 1], got {c.crop_scale}")
     need(c.resolution == 0 or c.resolution >= 16, f"resolution must be >= 16, got {c.resolution}")
+    need(c.steps_per_epoch >= 0, f"steps_per_epoch must be >= 0, got {c.steps_per_epoch}")
     need(c.keep_last >= 1, f"keep_last must be >= 1, got {c.keep_last}")
     need(not (c.pretrained and c.init), "give either --pretrained or --init, not both")

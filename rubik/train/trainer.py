@@ -120,7 +120,10 @@ class Trainer:
         self._load_initial_weights(spec)
         self.net.to(self.device, memory_format=torch.channels_last if c.channels_last else torch.preserve_format)
         if c.sync_bn and self.d.enabled:
-            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            if self.device.type == "cuda":
+                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            else:
+                log.info("sync_bn needs GPUs (torch's SyncBatchNorm is CUDA-only): BatchNorm stays per process")
         self.ema = ema_model(self.net, c.ema_decay, c.ema_warmup) if c.ema_decay > 0 else None
         self.model: nn.Module = self.net
         if self.d.enabled:
@@ -196,6 +199,8 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise RubikError(f"too few training images ({len(self.data.train)}) for a batch of {c.batch_size} x "
                              f"{c.accum_steps} accumulation x {d.world_size} processes; lower --batch-size")
+        if c.steps_per_epoch:  # shorter epochs, e.g. to evaluate and checkpoint often on a large data set
+            self.steps_per_epoch = min(self.steps_per_epoch, c.steps_per_epoch)
         self.batches_per_epoch = self.steps_per_epoch * c.accum_steps
         workers = default_workers(c)
         common = dict(num_workers=workers, collate_fn=collate, pin_memory=self.device.type == "cuda",

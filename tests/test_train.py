@@ -1,0 +1,269 @@
+"""Training: configuration, data, a short run and its run directory, fine-tuning, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+
+import pytest
+import torch
+from train_helpers import QUICK, TINY_SPEC, make_image_folder, rubik_cli, write_spec
+
+from rubik.errors import RubikError
+from rubik.models.weights import load_trained, read_state_dict
+from rubik.train import build_config, checkpoint, train
+from rubik.train.data import DIGITS_DEFAULTS, EpochSampler, open_data
+from rubik.train.recipes import RECIPES, load_yaml, parse_overrides
+
+
+def quick(**values) -> dict:
+    return {"model": TINY_SPEC, **QUICK, **values}
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+def test_paper_recipe_holds_the_published_hyper_parameters():
+    c = build_config(cli_values={"recipe": "paper"})
+    assert (c.optimizer, c.eps, c.lr, c.lr_base_batch) == ("rmsprop_tf", 1e-3, 0.048, 1024)
+    assert (c.warmup_epochs, c.warmup_lr, c.decay_epochs, c.decay_rate, c.epochs) == (3.0, 1e-6, 2.4, 0.97, 450)
+    assert (c.weight_decay, c.ema_decay, c.drop_rate, c.label_smoothing, c.color_jitter) == (1e-5, 0.9999, 0.2,
+                                                                                             0.1, 0.4)
+    assert c.interpolation == "bicubic" and c.scheduler == "step"
+    assert set(RECIPES) >= {"paper", "ghostnet", "small"}
+
+
+def test_overrides_apply_in_order_and_unknown_keys_are_named(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 0.01\nepochs: 7\ncrop_scale: [0.2, 1]\n")
+    c = build_config(data_defaults=DIGITS_DEFAULTS, yaml_values=load_yaml(cfg),
+                     cli_values={"epochs": 9, **parse_overrides(["ema_decay=0.5", "randaugment=true"])})
+    assert (c.lr, c.epochs, c.crop_scale, c.ema_decay, c.randaugment, c.hflip) == (0.01, 9, [0.2, 1.0], 0.5, True,
+                                                                                   0.0)
+    with pytest.raises(RubikError, match="ema_decay"):
+        build_config(cli_values={"ema_decy": 0.5})
+    with pytest.raises(RubikError, match="type int"):
+        build_config(cli_values={"epochs": "many"})
+
+
+def test_sampler_resumes_mid_epoch_with_the_same_samples_and_seeds():
+    full = list(EpochSampler(50, seed=3))
+    s = EpochSampler(50, seed=3)
+    s.set_epoch(0, start=20)
+    assert list(s) == full[20:]
+    s.set_epoch(1)
+    assert [i for i, _ in s] != [i for i, _ in full]  # a new order each epoch
+    shards = [list(EpochSampler(50, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert not {i for i, _ in shards[0]} & {i for i, _ in shards[1]}
+
+
+def test_digits_are_served_at_the_model_input_size():
+    data = open_data("digits", 40)
+    image, target = data.train[0]
+    assert tuple(image.shape) == (3, 40, 40) and image.dtype == torch.uint8 and 0 <= target < 10
+    assert (len(data.train), len(data.val), data.classes) == (1437, 360, [str(i) for i in range(10)])
+
+
+# ---- a short run --------------------------------------------------------------------------------
+
+
+def test_short_run_writes_the_run_directory(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    c = build_config(cli_values=quick(data=str(data), epochs=3, lr=0.01, checkpoint_every=2, keep_last=2))
+    summary = train(c, run)
+    for name in ("config.yaml", "model.json", "best.safetensors", "best.json", "metrics.csv", "train.log"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(r["ema_val_top1"] != "" for r in rows)
+    assert len(checkpoint.list_checkpoints(run)) == 2  # only the newest kept
+    best = json.loads((run / "best.json").read_text())
+    assert best["top1"] == pytest.approx(max(max(float(r["val_top1"]), float(r["ema_val_top1"])) for r in rows),
+                                         abs=1e-3)
+    assert best == summary["best"]
+    # The deploy contract: load_trained rebuilds the model with its class names.
+    model = load_trained(run)
+    assert model.classes == ["blue", "green", "red"] and model.classifier.out_features == 3
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_digits_short_run_is_well_above_chance(tmp_path):
+    c = build_config(data_defaults=DIGITS_DEFAULTS,
+                     cli_values={"model": {**TINY_SPEC, "width": 0.5}, "epochs": 3, "batch_size": 32, "lr": 4e-3,
+                                 "warmup_epochs": 0.0, "log_every": 0})
+    summary = train(c, tmp_path / "run")
+    assert summary["best"]["top1"] > 50  # ten classes: chance is 10 % (this run measured 86 %)
+
+
+# ---- fine-tuning --------------------------------------------------------------------------------
+
+
+def test_init_replaces_the_head_and_freezing_keeps_the_body(tmp_path):
+    source = tmp_path / "source"
+    train(build_config(cli_values=quick(data=str(make_image_folder(tmp_path / "d3")), epochs=1)), source)
+    four = make_image_folder(tmp_path / "d4", classes=("a", "b", "c", "d"))
+    run = tmp_path / "ft"
+    train(build_config(cli_values=quick(data=str(four), epochs=1, init=str(source), freeze_epochs=1,
+                                        ema_decay=0.0)), run)
+    before, after = read_state_dict(source / "best.safetensors"), read_state_dict(run / "best.safetensors")
+    assert after["classifier.weight"].shape[0] == 4
+    assert torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])  # frozen: the body did not move
+    assert torch.equal(before["blocks.1.0.conv_pw.weight"], after["blocks.1.0.conv_pw.weight"])
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "one_class", "unreadable"])
+def test_bad_data_folders_give_one_line_errors(tmp_path, case):
+    if case == "unreadable" and os.geteuid() == 0:
+        pytest.skip("running as root: permissions do not stop reading")
+    root = tmp_path / "data"
+    if case != "missing":
+        root.mkdir()
+    if case == "one_class":
+        make_image_folder(root, classes=("only",))
+        root = root / "train"
+    if case == "unreadable":
+        make_image_folder(root)
+        (root / "train").chmod(0)
+    try:
+        with pytest.raises(RubikError) as err:
+            open_data(str(root), 32)
+    finally:
+        if case == "unreadable":
+            (root / "train").chmod(0o755)
+    assert str(root) in str(err.value) and "\n" not in str(err.value)
+
+
+def _corrupt(folder):
+    bad = folder / "train" / "red" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    return bad
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    bad = _corrupt(data)
+    run = tmp_path / "run"
+    summary = train(build_config(cli_values=quick(data=str(data), epochs=1, batch_size=8)), run)
+    assert summary["skipped_images"] == 1
+    assert str(bad) in (run / "train.log").read_text()
+    assert list(csv.DictReader(open(run / "metrics.csv")))[-1]["skipped_images"] == "1"
+
+
+def test_corrupt_image_with_strict_fails_naming_the_file(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    bad = _corrupt(data)
+    spec = write_spec(tmp_path)
+    result = rubik_cli("train", "--model", str(spec), "--data", str(data), "--out", str(tmp_path / "run"),
+                       "--strict", "--epochs", "1", "--batch-size", "8", "--workers", "1")
+    assert result.returncode == 2, result.stderr
+    assert str(bad) in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from rubik.train import trainer as trainer_module
+
+    data = make_image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real = torch.nn.CrossEntropyLoss.forward
+
+    def poisoned(self, logits, targets):
+        calls["n"] += 1
+        loss = real(self, logits, targets)
+        return loss * float("nan") if calls["n"] == 6 else loss  # step 6 of 3 per epoch: epoch 2
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    c = build_config(cli_values=quick(data=str(data), epochs=3, checkpoint_every=1))
+    with pytest.raises(trainer_module.NonFiniteLossError, match="last good checkpoint") as err:
+        train(c, run)
+    assert "\n" not in str(err.value)
+    saved = checkpoint.list_checkpoints(run)
+    assert saved and int(saved[-1].name.split("-")[1]) == 5  # nothing saved from step 6 on
+    weights, state = checkpoint.load_checkpoint(saved[-1])
+    assert all(torch.isfinite(t).all() for t in weights["model"].values() if t.is_floating_point())
+    best = read_state_dict(run / "best.safetensors")
+    assert all(torch.isfinite(t).all() for t in best.values() if t.is_floating_point())
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    weights = {"model": {"w": torch.ones(3)}}
+    first = checkpoint.save_checkpoint(run, 1, weights, {"step": 1})
+    real_save = checkpoint.save_tensors
+
+    def full_disk(path, tensors):
+        real_save(path, tensors)  # a partial file exists when the error comes
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_tensors", full_disk)
+    with pytest.raises(checkpoint.DiskFullError, match="previous checkpoint"):
+        checkpoint.save_checkpoint(run, 2, {"model": {"w": torch.zeros(3)}}, {"step": 2})
+    with pytest.raises(checkpoint.DiskFullError):
+        checkpoint.atomic_write(run / "best.safetensors", lambda p: full_disk(p, {"w": torch.zeros(1)}))
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [first.name]  # no half-written folder left
+    assert not (run / "best.safetensors").exists()
+    path, loaded, state = checkpoint.latest_checkpoint(run)
+    assert path == first and state == {"step": 1} and torch.equal(loaded["model"]["w"], torch.ones(3))
+
+
+def test_resume_requires_a_run_and_out_refuses_to_overwrite(tmp_path):
+    spec = write_spec(tmp_path)
+    result = rubik_cli("train", "--resume", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "nothing to resume" in result.stderr
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("epochs: 1\n")
+    result = rubik_cli("train", "--model", str(spec), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "--resume" in result.stderr
+    assert (tmp_path / "run" / "config.yaml").read_text() == "epochs: 1\n"
+
+
+# ---- eval, predict, cam, plot -------------------------------------------------------------------
+
+
+def test_eval_predict_cam_and_plot_on_a_trained_run(tmp_path):
+    from PIL import Image
+
+    data = make_image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    train(build_config(cli_values=quick(data=str(data), epochs=2, lr=0.01)), run)
+    result = rubik_cli("eval", "--weights", str(run), "--data", str(data), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 12 and set(report["per_class"]) == {"red", "green", "blue"}
+    assert (run / "confusion.png").is_file()
+    image = tmp_path / "x.png"
+    Image.open(next((data / "val" / "red").iterdir())).save(image)
+    result = rubik_cli("predict", str(image), "--weights", str(run), "--top-k", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    top = json.loads(result.stdout)[0]["top"]
+    assert len(top) == 2 and {t["class"] for t in top} <= {"red", "green", "blue"}
+    assert top[0]["prob"] >= top[1]["prob"]
+    out = tmp_path / "cam.png"
+    result = rubik_cli("cam", str(image), "--weights", str(run), "--out", str(out))
+    assert result.returncode == 0 and out.stat().st_size > 1000, result.stderr
+    result = rubik_cli("plot", str(run))
+    assert result.returncode == 0 and (run / "curves.png").stat().st_size > 1000, result.stderr
+
+
+def test_cam_weights_are_the_classifier_rows_for_a_pooled_linear_head():
+    from rubik.models import build, get_spec
+    from rubik.train.cam import class_activation_map
+
+    torch.manual_seed(0)
+    model = build(get_spec(TINY_SPEC), num_classes=4).eval()
+    image = torch.randn(3, 32, 32)
+    cam, cls, _ = class_activation_map(model, image, target=2)
+    with torch.no_grad():
+        feats = model.forward_features(image[None])
+        direct = torch.relu(torch.einsum("c,nchw->nhw", model.classifier.weight[2], feats))[None]
+    direct = torch.nn.functional.interpolate(direct, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    direct = (direct - direct.min()) / (direct.max() - direct.min())
+    assert cls == 2 and torch.allclose(cam, direct, atol=1e-5)
