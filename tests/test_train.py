@@ -253,17 +253,21 @@ def test_eval_predict_cam_and_plot_on_a_trained_run(tmp_path):
     assert result.returncode == 0 and (run / "curves.png").stat().st_size > 1000, result.stderr
 
 
-def test_cam_weights_are_the_classifier_rows_for_a_pooled_linear_head():
+def test_cam_weights_are_the_classifier_rows_for_a_pooled_linear_head(randomize_bn):
     from rubik.models import build, get_spec
     from rubik.train.cam import class_activation_map
 
     torch.manual_seed(0)
     model = build(get_spec(TINY_SPEC), num_classes=4).eval()
-    image = torch.randn(3, 32, 32)
-    cam, cls, _ = class_activation_map(model, image, target=2)
+    randomize_bn(model)
+    image = torch.randn(3, 128, 128)  # a 4x4 final feature map
+    cam, cls, prob = class_activation_map(model, image)  # the predicted class: its map has positive evidence
     with torch.no_grad():
+        logits = model(image[None])[0]
         feats = model.forward_features(image[None])
-        direct = torch.relu(torch.einsum("c,nchw->nhw", model.classifier.weight[2], feats))[None]
-    direct = torch.nn.functional.interpolate(direct, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+        direct = torch.relu(torch.einsum("c,nchw->nhw", model.classifier.weight[cls], feats))[None]
+    direct = torch.nn.functional.interpolate(direct, size=(128, 128), mode="bilinear", align_corners=False)[0, 0]
     direct = (direct - direct.min()) / (direct.max() - direct.min())
-    assert cls == 2 and torch.allclose(cam, direct, atol=1e-5)
+    assert cam.std() > 0.05  # a map, not a constant
+    assert cls == int(logits.argmax()) and prob == pytest.approx(float(logits.softmax(0)[cls]))
+    assert torch.allclose(cam, direct, atol=1e-4)

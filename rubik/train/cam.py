@@ -30,7 +30,7 @@ def class_activation_map(model: nn.Module, image: torch.Tensor, target: int | No
     cam = torch.relu((weights * features).sum(1, keepdim=True)).detach()
     cam = nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     cam = (cam - cam.min()) / (cam.max() - cam.min()).clamp_min(1e-12)
-    return cam, cls, float(probs[cls])
+    return cam, cls, float(probs[cls].detach())
 
 
 def save_overlay(image: torch.Tensor, cam: torch.Tensor, mean, std, out: Path, title: str = "") -> Path:

@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from .data import DIGITS, DigitsImages, ImageFiles, Transformed, collate, eval_transform, scan_folder
+    from .data import DIGITS, DigitsImages, ImageFiles, Transformed, collate, eval_transform, scan_folder, worker_error
     from .evaluate import evaluate
     from .plot import plot_confusion
 
@@ -159,7 +159,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     tf = eval_transform(resolution, spec.mean, spec.std, spec.crop_pct, spec.interpolation)
     loader = DataLoader(Transformed(base, tf), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate)
-    result = evaluate(net, loader, num_classes, torch.device("cpu"))
+    try:
+        result = evaluate(net, loader, num_classes, torch.device("cpu"))
+    except RubikError as e:
+        raise worker_error(e) from None
     out = Path(args.out) if args.out else (Path(args.weights) / "confusion.png" if Path(args.weights).is_dir()
                                            else Path("confusion.png"))
     plot_confusion(result.confusion, classes, out, title=f"{spec.name}: top-1 {result.top1:.2f}%")

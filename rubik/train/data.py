@@ -93,6 +93,15 @@ class ImageFiles(Dataset):
             return path, target  # the collate function drops it and counts it
 
 
+def worker_error(e: RubikError) -> RubikError:
+    """A RubikError raised in a DataLoader worker arrives wrapped in the worker's traceback: keep its message."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return e
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return type(e)(last.split(": ", 1)[1] if ": " in last else last)
+
+
 def scan_folder(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
     """ImageFolder layout: root/<class>/<image>; classes sorted by name."""
     try:

@@ -31,7 +31,17 @@ from ..models.registry import build, get_spec
 from ..models.weights import RUN_MODEL_FILE, RUN_WEIGHTS_FILE, download, load_weights, read_state_dict
 from . import distributed
 from .checkpoint import atomic_write, atomic_write_text, latest_checkpoint, save_checkpoint, save_tensors
-from .data import DIGITS, EpochSampler, Shard, Transformed, collate, eval_transform, open_data, train_transform
+from .data import (
+    DIGITS,
+    EpochSampler,
+    Shard,
+    Transformed,
+    collate,
+    eval_transform,
+    open_data,
+    train_transform,
+    worker_error,
+)
 from .ema import ema_model
 from .evaluate import EvalResult, evaluate
 from .optim import build_optimizer, build_scheduler, effective_lr
@@ -468,6 +478,8 @@ def train(c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: b
     try:
         trainer = Trainer(c, run_dir, resume=resume, progress=progress)
         return trainer.fit()
+    except RubikError as e:
+        raise worker_error(e) from None
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         for h in list(log.handlers):
