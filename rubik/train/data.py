@@ -22,9 +22,11 @@ DIGITS = "digits"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 VAL_DIRS = ("val", "valid", "validation", "test")
 
-# Digits are 8x8 grey images, upscaled once to the model's input: flips change their meaning, and a
-# crop below a third of the image loses the digit.
-DIGITS_DEFAULTS: dict[str, Any] = {"hflip": 0.0, "crop_scale": [0.5, 1.0], "crop_pct": 1.0, "num_workers": 0}
+# Digits are 8x8 grey images, upscaled once to the model's input: 64 px is plenty (and 3x faster to
+# train than TinyNet-E's own 106), flips change a digit's meaning, a crop below half the image loses
+# the digit, and in-memory data needs no worker processes.
+DIGITS_DEFAULTS: dict[str, Any] = {"resolution": 64, "hflip": 0.0, "crop_scale": [0.5, 1.0], "crop_pct": 1.0,
+                                   "num_workers": 0}
 
 
 class CorruptImageError(RubikError):

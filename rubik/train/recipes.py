@@ -142,7 +142,7 @@ def apply(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConf
         key = key.replace("-", "_")
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=2)
-            hint = f"did you mean {' or '.join(close)}?" if close else "see `rubik train --help-config`"
+            hint = f"did you mean {' or '.join(close)}?" if close else "see `rubik train --print-config`"
             raise RubikError(f"{source}: unknown training option {key!r}; {hint}")
         setattr(out, key, _check_value(key, value, getattr(config, key)))
     return out
