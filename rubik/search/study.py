@@ -427,7 +427,9 @@ def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path,
         trial.set_user_attr("fail_reason", reason)
         study.tell(trial, state=TrialState.FAIL)
         if retry:
-            optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, frozen)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, frozen)
         log(f"{label}]: FAILED ({reason})" + ("; queued again" if retry else ""))
         return TrialOutcome(trial.number, "FAIL", dict(trial.params), {"fail_reason": reason})
 
