@@ -225,19 +225,25 @@ def cmd_cam(args: argparse.Namespace) -> None:
     spec = net.spec
     tf = eval_transform(spec.resolution, spec.mean, spec.std, spec.crop_pct, spec.interpolation)
     (image,) = _images([args.image], tf)
-    names = net.classes or [str(i) for i in range(net.num_classes)]
+    if not hasattr(net, "forward_features"):
+        raise RubikError(f"cam needs a model with forward_features/forward_head (MBConv or GhostNet), not {spec.name}")
+    names = net.classes
     target = None
     if args.target is not None:
-        target = names.index(args.target) if args.target in names else None
-        if target is None:
-            raise RubikError(f"unknown class {args.target!r}; classes: {', '.join(names[:10])}"
-                             + (" ..." if len(names) > 10 else ""))
+        if names and args.target in names:
+            target = names.index(args.target)
+        elif args.target.isdigit():
+            target = int(args.target)
+        else:
+            raise RubikError(f"unknown class {args.target!r}; classes: {', '.join((names or [])[:10])}"
+                             + (" ..." if names and len(names) > 10 else ""))
     cam, cls, prob = class_activation_map(net, image, target)
     out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_cam.png")
     if out.resolve() == Path(args.image).resolve():
         raise RubikError(f"--out {out} is the input image; choose another file name")
-    save_overlay(image, cam, spec.mean, spec.std, out, title=f"{names[cls]} ({prob * 100:.1f}%)")
-    print(f"class {names[cls]} ({prob * 100:.1f}%): activation map saved to {out}")
+    label = names[cls] if names else str(cls)
+    save_overlay(image, cam, spec.mean, spec.std, out, title=f"{label} ({prob * 100:.1f}%)")
+    print(f"class {label} ({prob * 100:.1f}%): activation map saved to {out}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

@@ -229,11 +229,24 @@ class Trainer:
             return
         path, weights, state = found
         self.net.load_state_dict(weights["model"])
-        if self.ema is not None:
+        if self.ema is not None and "ema" in weights:
             self.ema.module.load_state_dict(weights["ema"])
             self.ema.n_averaged.fill_(state["ema_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("schedule") == self._schedule_signature():
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:  # epochs or schedule changed on resume: the new schedule, at the step reached
+            import warnings
+
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = self.lr
+            self.scheduler = build_scheduler(self.optimizer, self.c, self.lr, self.steps_per_epoch)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                for _ in range(state["step"]):
+                    self.scheduler.step()
+            log.info(f"the schedule changed since the checkpoint: learning rate now "
+                     f"{self.optimizer.param_groups[0]['lr']:.3g}")
         rng = state["rng"]
         torch.set_rng_state(rng[self.d.rank] if self.d.rank < len(rng) else rng[0])
         if self.device.type == "cuda" and state.get("cuda_rng"):
@@ -248,6 +261,11 @@ class Trainer:
 
     # ---- saving ------------------------------------------------------------------------------
 
+    def _schedule_signature(self) -> list:
+        c = self.c
+        return [c.epochs, self.steps_per_epoch, c.scheduler, c.lr, c.warmup_epochs, c.warmup_lr, c.min_lr,
+                c.decay_epochs, c.decay_rate, self.d.world_size, c.batch_size, c.accum_steps]
+
     def _save_checkpoint(self) -> None:
         sums = distributed.all_reduce_sum(self.sums.clone(), self.d)
         rng = distributed.gather_object(torch.get_rng_state(), self.d)
@@ -260,6 +278,7 @@ class Trainer:
             weights["ema"] = self.ema.module.state_dict()
         state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "schedule": self._schedule_signature(),
                  "rng": rng, "cuda_rng": cuda_rng,
                  "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
                  "best": self.best, "history": self.history, "skipped": self.skipped,
@@ -325,6 +344,7 @@ class Trainer:
         self.t_epoch = t_log = time.perf_counter()
         seen_since_log = 0
         batch_i = self.batch_in_epoch
+        loss = torch.zeros((), device=self.device)
         for images, targets, skipped in self.train_loader:
             if batch_i >= self.batches_per_epoch:
                 break
