@@ -21,10 +21,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from ..errors import RubikError
     from ..train.recipes import parse_overrides
-    from .study import SearchSettings, create_or_join, run_worker, settings_of
+    from .study import SearchSettings, base_spec, create_or_join, run_worker, settings_of, training_config
 
     if not args.study:
-        raise RubikError("give the study a name with --study NAME (rerun the same command to resume it)")
+        raise RubikError("give a subcommand (run, fit, plot, show) or run a study with --study NAME "
+                         "(rerun the same command to resume it); see rubik search --help")
     if args.heartbeat < 1:
         raise RubikError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
     if args.threads:
@@ -37,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         settings.overrides["lr"] = args.lr
     if args.data != "digits" and not Path(args.data).is_dir():
         raise RubikError(f"data folder {args.data} does not exist; pass an ImageFolder tree or 'digits'")
+    training_config(settings, base_spec(settings), args.data, args.workers)  # bad --set keys fail before any trial
     storage = _storage(args, args.heartbeat)
     study = create_or_join(args.study, settings, args.trials, storage)
     out = Path(args.out) if args.out else Path("runs") / "search" / args.study
@@ -125,7 +127,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d-range", dest="d_range", type=float, nargs=2, default=[0.4, 1.4], metavar=("LO", "HI"),
                    help="depth multipliers sampled (default 0.4 1.4)")
     p.add_argument("--references", action="store_true",
-                   help="also train the tiny-formula and inverse-giant models at each budget (for the front plot)")
+                   help="also train the tiny-formula and inverse-giant models at each budget (2 trials per budget "
+                        "beyond --trials), marked in the front plot")
     p.add_argument("--seed", type=int, default=0, help="sampling and training seed")
     p.add_argument("--recipe", default="small", help="training recipe (default small)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
