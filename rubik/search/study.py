@@ -37,7 +37,6 @@ SETTINGS_ATTR = "rubik_search"  # study user attribute holding the settings; set
 DIRECTIONS = ["maximize", "minimize"]  # validation top-1 %, MACs in millions
 MAX_RETRY = 2  # copies of a trial whose worker died or crashed
 MIN_TRAIN_RESOLUTION = 16  # the trainer's floor
-KINDS = ("sobol", "tiny", "giant")
 
 
 @dataclass
