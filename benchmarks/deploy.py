@@ -11,7 +11,7 @@ same interleaved rounds:
 Accuracy: tinynet_e at 32 px trained for a few epochs on a CIFAR-10 subset (plain PyTorch loop, cached
 under --work), then fp32 vs int8 top-1 on 2,000 CIFAR-10 test images. Needs ../shared/datasets.
 
-    .venv/bin/python benchmarks/deploy.py                # everything (~15 min on 2 cores)
+    .venv/bin/python benchmarks/deploy.py       # everything (~45 min on 2 busy cores; trained model cached)
     .venv/bin/python benchmarks/deploy.py --skip-accuracy --models tinynet_e --rounds 50
 """
 
@@ -246,8 +246,8 @@ def main() -> None:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--arch", default="tinynet_e", help="architecture trained on CIFAR-10 for the accuracy check")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--per-class", type=int, default=2000, help="CIFAR-10 training images per class")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=1000, help="CIFAR-10 training images per class")
     p.add_argument("--eval-n", type=int, default=2000, help="CIFAR-10 test images for fp32 vs int8")
     args = p.parse_args()
     work = Path(args.work)

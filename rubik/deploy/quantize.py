@@ -115,6 +115,38 @@ def candidate_boundaries(graph, max_candidates: int = 8) -> list[int]:
     return sorted(set(picks))
 
 
+def float_outputs(graph) -> int:
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each graph output; returns how many.
+
+    Why: quantizing the logits to 256 levels adds rounding to the very numbers top-1 is read from, for no
+    speed (ORT then runs the classifier as QGemm with a float output).
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    done = 0
+    for output in graph.output:
+        dq = producers.get(output.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        users = [n for n in graph.node if q.output[0] in n.input]
+        if users != [dq]:
+            continue
+        source = q.input[0]
+        for node in graph.node:  # the producer of the float tensor now writes the output itself
+            for i, name in enumerate(node.output):
+                if name == source:
+                    node.output[i] = output.name
+            for i, name in enumerate(node.input):
+                if name == source:
+                    node.input[i] = output.name
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        done += 1
+    return done
+
+
 def _time_sessions(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int) -> dict[str, float]:
     """Median latency in ms of each file, runs interleaved so a busy machine slows all of them alike."""
     sessions = {k: open_session(p, threads) for k, p in paths.items()}
@@ -182,6 +214,9 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
             except (ValueError, RuntimeError) as e:
                 raise CalibrationError(f"calibration failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                                        "check that the images are readable RGB pictures") from None
+            model = onnx.load(str(path))
+            float_outputs(model.graph)
+            onnx.save(model, str(path))
             return path
 
         if boundary == "auto":
