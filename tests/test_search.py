@@ -120,7 +120,7 @@ WORKER = textwrap.dedent("""
     from rubik.search.study import SearchSettings, create_or_join, open_storage, run_worker
 
     def slow_train(config, run_dir, progress=False):
-        time.sleep(0.7)
+        time.sleep(0.5)
         return {"best": {"top1": float(config.model["resolution"]), "top5": 100.0}}
 
     settings = SearchSettings(budgets=[0.5, 0.25], base_resolution=32, r_range=[0.5, 0.8], d_range=[0.5, 1.2],
@@ -217,9 +217,9 @@ def test_fit_writes_a_formula_twist_accepts_and_plots(tmp_path):
 
     storage = open_storage(sqlite(tmp_path), heartbeat=1)
     settings = SearchSettings(budgets=[0.6, 0.4, 0.25], references=True, **SMALL)
-    study = create_or_join("fit", settings, 9, storage)
+    study = create_or_join("fit", settings, 6, storage)
     run_worker(study, settings, "digits", tmp_path / "runs", train_fn=fake_train, log=lambda _: None)
-    assert states(study) == {"COMPLETE": 9 + 2 * 3}
+    assert states(study) == {"COMPLETE": 6 + 2 * 3}
     table = rows(study)
     front = [r for r in table if r["front"]]
     for r in front:  # nothing dominates a front trial
