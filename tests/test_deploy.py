@@ -249,3 +249,18 @@ def test_ncnn_export_is_verified(tmp_path, tiny):
     assert result.param.is_file() and result.bin.is_file()
     assert result.verification.max_abs_diff <= result.verification.tolerance
     assert result.verification.top1_agreement >= 0.9
+
+
+def test_digits_and_split_folders(tmp_path, image_folder):
+    train, test = open_images("digits", "train"), open_images("digits", "test")
+    assert (len(train), len(test)) == (1437, 360) and train.classes == [str(i) for i in range(10)]
+    assert train.images[0].shape == (8, 8, 3) and train.images[0].dtype == np.uint8
+    assert set(test.labels) == set(range(10))
+    # ROOT/train and ROOT/test are used for their splits; a flat tree of images is unlabelled
+    (tmp_path / "split").mkdir()
+    (tmp_path / "split" / "train").symlink_to(image_folder)
+    assert open_images(tmp_path / "split", "train").classes == ["cat", "dog", "owl"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (9, 9)).save(flat / "a.png")
+    assert open_images(flat).labels is None

@@ -57,6 +57,28 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+def realistic_batchnorm(model: torch.nn.Module, n: int = 32, seed: int = 0) -> torch.nn.Module:
+    """Give a randomly initialised model BatchNorm statistics measured on real photos, in place.
+
+    Why: at initialisation, BatchNorm in eval mode is the identity and activations shrink layer after
+    layer (logits ~1e-13 for tinynet_e), into subnormal floats that the CPU computes many times slower,
+    so float timings would depend on the luck of the weights. Measured statistics give the activation
+    scale of a trained model; the weights stay random.
+    """
+    from .export import preprocess_of
+    from .images import sample_photos
+
+    x = torch.from_numpy(preprocess_of(model)(sample_photos(n, seed)))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the batch
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
 def matmul_peak(threads: int = 1, size: int = 512, runs: int = 20) -> float:
     """This machine's fp32 matmul rate in GMAC/s (median of `runs` products of two size x size matrices)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -121,7 +143,8 @@ def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 1
           calib_n: int = 64, workdir: str | Path | None = None, log=print) -> list[BenchRow]:
     """Time each target (a model name, a spec JSON, or an exported .onnx file) on the requested backends.
 
-    A model is built with random weights (or `weights`), exported and quantized here (int8 calibrated on
+    A model is built with random weights and measured BatchNorm statistics (see `realistic_batchnorm`),
+    or loaded from `weights`, then exported and quantized here (int8 calibrated on
     `calib` images, else on crops of real sample photos). A .onnx file is timed in ONNX Runtime only.
     """
     from .export import export_onnx
@@ -146,7 +169,7 @@ def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 1
                 from ..models.weights import create_model, load_trained
                 from ..profile import count
 
-                model = (load_trained(weights, target) if weights else create_model(target)).eval()
+                model = load_trained(weights, target) if weights else realistic_batchnorm(create_model(target))
                 name, res = model.spec.name, model.spec.resolution
                 macs, _ = count(model, res)
                 xt = torch.randn(batch, 3, res, res)
