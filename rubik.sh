@@ -20,8 +20,7 @@ fi
 case "${1:-demo}" in
   demo)
     shift || true
-    .venv/bin/rubik models 'tinynet_*'
-    .venv/bin/rubik profile tinynet_e
+    exec .venv/bin/rubik demo "$@"
     ;;
   test)
     shift

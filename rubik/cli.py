@@ -10,7 +10,8 @@ import sys
 from .errors import RubikError
 
 # Modules with a `register(subparsers)` function, each adding its own subcommands.
-COMMAND_MODULES = ["rubik.cli", "rubik.cube.cli", "rubik.train.cli", "rubik.deploy.cli", "rubik.search.cli"]
+COMMAND_MODULES = ["rubik.cli", "rubik.demo", "rubik.cube.cli", "rubik.train.cli", "rubik.deploy.cli",
+                   "rubik.search.cli"]
 
 MACS_NOTE = "MACs = multiply-accumulates of convolutions and linear layers (SE included), what the papers call FLOPs"
 

@@ -53,7 +53,14 @@ def cmd_twist(args: argparse.Namespace) -> None:
     else:
         budget = Budget("latency", parse_latency(args.latency))
 
-    twister = Twister(args.base, args.method, args.formula)
+    base = args.base
+    if args.base_resolution:
+        from dataclasses import replace
+
+        from ..models import get_spec
+
+        base = replace(get_spec(args.base), resolution=args.base_resolution)
+    twister = Twister(base, args.method, args.formula)
     measure = _measure(args.runtime)
     if budget.kind == "macs":
         result = twister.to_macs(budget.value, args.name)
@@ -112,6 +119,8 @@ def cmd_twist(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("twist", help="the best (resolution, depth, width) for a MACs or latency budget")
     p.add_argument("--base", default="efficientnet_b0", help="model to twist (default efficientnet_b0)")
+    p.add_argument("--base-resolution", type=int, default=0,
+                   help="the base's input size for this data (default: its own, e.g. 224); r scales from it")
     p.add_argument("--method", choices=("tiny", "giant"), default="tiny",
                    help="tiny: the TinyNet formula (GP fit); giant: EfficientNet compound scaling")
     budget = p.add_argument_group("budget (one of)")
