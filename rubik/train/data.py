@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision.transforms import v2
 
 from ..errors import RubikError
@@ -228,10 +228,18 @@ class Transformed(Dataset):
             return image, target
         if seed is None:
             return self.transform(image), target
-        # In the main process (num_workers=0) the global generator also drives dropout: keep it untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # Transforms draw from the default CPU generator. Seeding only it costs 1 us, where
+        # torch.manual_seed (which also visits every accelerator) costs 200 us per image.
+        gen = torch.default_generator
+        if get_worker_info() is not None:  # a worker process: its generator serves nothing else
+            gen.manual_seed(seed)
             return self.transform(image), target
+        state = gen.get_state()  # the main process: the same generator drives dropout, so restore it
+        try:
+            gen.manual_seed(seed)
+            return self.transform(image), target
+        finally:
+            gen.set_state(state)
 
 
 def collate(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
