@@ -116,8 +116,9 @@ def open_storage(url: str | None = None, heartbeat: int = 10):
         except ImportError as e:
             raise RubikError(f"storage URL {url!r} needs a database driver that is not installed ({e.name}); "
                              f"install it (e.g. psycopg2-binary for postgresql) or use sqlite") from None
-        except sqlalchemy.exc.OperationalError as e:
-            # Two processes creating the tables of a fresh SQLite file at once: one waits and retries.
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as e:
+            # Two processes creating the tables of a fresh SQLite file at once (a lock, or both inserting
+            # the schema version row): the loser waits and retries, and then finds the tables made.
             if attempt == 4 or not url.startswith("sqlite"):
                 raise RubikError(f"cannot open storage {url!r} ({str(e.orig).splitlines()[0]}); {hint}") from None
             time.sleep(1 + attempt)
