@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..digits import CLASSES as DIGIT_CLASSES
+from ..digits import DIGITS, digits_split
 from ..errors import RubikError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-DIGITS = "digits"
 
 
 class NoImagesError(RubikError):
@@ -39,16 +40,8 @@ class LabelledImages:
 
 
 def _digits(split: str) -> LabelledImages:
-    # scikit-learn's 8x8 digits, split 80/20 stratified with seed 0 as `rubik train` does.
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    train, test = train_test_split(range(len(d.target)), test_size=0.2, random_state=0, stratify=d.target)
-    idx = train if split == "train" else test
-    grey = np.clip(np.round(d.images[idx] * (255 / 16)), 0, 255).astype(np.uint8)
-    return LabelledImages([np.repeat(g[:, :, None], 3, axis=2) for g in grey], [int(t) for t in d.target[idx]],
-                          [str(i) for i in range(10)])
+    images, labels = digits_split(split)
+    return LabelledImages(list(images), labels, list(DIGIT_CLASSES))
 
 
 def open_images(source: str | Path, split: str = "train") -> LabelledImages:
