@@ -225,7 +225,13 @@ class MBConvNet(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """He-normal (fan-out) convolutions, unit BatchNorm, small uniform classifier: the official init."""
+    """He-normal (fan-out) convolutions and unit BatchNorm as the official code; the classifier uniform in
+    +-1/sqrt(in_features), PyTorch's own Linear bound.
+
+    Why not the official +-1/sqrt(classes): for 1000 classes the two are within 12 %, but a 10-class
+    head starts with logits ~10x too large (loss 3.9 where ln 10 = 2.3), and a twisted B0 trained on
+    digits sat at chance for 3 epochs and ended at 95-96 % instead of 99.4-99.7 % (two seeds).
+    """
     if any(p.is_meta for p in module.parameters()):
         return  # a shape-only model (for counting) has no values to initialise
     for m in module.modules():
@@ -237,6 +243,6 @@ def init_weights(module: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            bound = 1.0 / math.sqrt(m.out_features)
+            bound = 1.0 / math.sqrt(m.in_features)
             nn.init.uniform_(m.weight, -bound, bound)
             nn.init.zeros_(m.bias)
