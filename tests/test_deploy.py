@@ -175,6 +175,42 @@ def test_int8_quantizes_and_checks_against_fp32(tmp_path, tiny, image_folder):
     assert Classifier(tmp_path / "m.onnx").precision == "int8"
 
 
+def test_auto_boundary_drops_candidates_that_agree_worse(tmp_path, tiny, image_folder, monkeypatch):
+    # Accuracy before speed: the earliest boundary is made to disagree with fp32 on half the selection
+    # images, so "auto" must not pick it however fast it is.
+    import rubik.deploy.quantize as q
+
+    fp32 = export_onnx(tiny, tmp_path / "m.fp32.onnx")
+    data = open_images(image_folder)
+    real = q.predictions
+    earliest = {}
+
+    def predictions(path, images, threads=1):
+        p = real(path, images, threads)
+        if Path(path).name == earliest.get("name"):
+            p = p.copy()
+            p[::2] = (p[::2] + 1) % 3
+        return p
+
+    def time_sessions(paths, x, threads, rounds):
+        return {k: 1.0 + int(k) for k in paths}  # earlier boundaries would be faster
+
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32), str(tmp_path / "pre.onnx"), skip_symbolic_shape=False)
+    first = q.candidate_boundaries(onnx.load(str(tmp_path / "pre.onnx")).graph)[0]
+    earliest["name"] = f"int8_{first}.onnx"
+    monkeypatch.setattr(q, "predictions", predictions)
+    monkeypatch.setattr(q, "_time_sessions", time_sessions)
+    config = q.quantize_int8(fp32, data.images[:12], tmp_path / "m.onnx", calib_n=12, select_images=data.images[12:],
+                             log=lambda s: None)
+    assert len(config.agreement) >= 2 and config.selection_images == 12
+    assert config.agreement[str(first)] <= 0.5 < min(v for k, v in config.agreement.items() if k != str(first))
+    assert str(first) not in config.tuned and config.boundary != first
+    assert config.boundary == min(int(k) for k in config.tuned)  # the fastest of the ones left
+
+
 def test_cli_export_run_dir_to_int8(tmp_path, run_dir, image_folder, capsys, monkeypatch):
     out = tmp_path / "out" / "m.onnx"
     code, stdout, err = run_cli(["export", "--weights", str(run_dir), "-o", str(out), "--int8", "--calib",

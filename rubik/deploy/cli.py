@@ -79,8 +79,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     calib = open_images(args.calib, "train")
     calib_idx = sample(calib, args.calib_n, seed=0)
+    # The boundary is chosen on other images than the ones the int8 check below reports on.
+    select = calib.subset(sample(calib, 256, seed=3, exclude=set(calib_idx))).images
     config = quantize_int8(fp32_path, calib.subset(calib_idx).images, out, calib_n=args.calib_n,
-                           boundary=args.boundary, method=args.calib_method, threads=args.threads)
+                           boundary=args.boundary, method=args.calib_method, threads=args.threads,
+                           select_images=select)
     print(f"wrote {out} (int8 {config.format} U8S8 per-channel, {config.calibration} calibration on "
           f"{config.calib_images} images; first {config.float_nodes} of {config.nodes} nodes kept float)")
     held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n)
@@ -134,8 +137,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", help="calibration images: a folder (ROOT/CLASS/*.jpg, or ROOT/train/...) or 'digits'")
     p.add_argument("--calib-n", type=int, default=256, help="calibration images to use (default 256)")
     p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
-    p.add_argument("--boundary", default="auto", help="first quantized node: 'auto' (timed here), 'all' "
-                   "(all but the stem) or an index")
+    p.add_argument("--boundary", default="auto", help="first quantized node: 'auto' (the fastest of the "
+                   "candidates that agree best with fp32), 'all' (all but the stem) or an index")
     p.add_argument("--eval", help="held-out images for the int8 check (default: the test/ or val/ split of "
                    "--calib, else calibration-folder images not used for calibration)")
     p.add_argument("--eval-n", type=int, default=1000, help="held-out images to check int8 on (default 1000)")

@@ -11,6 +11,10 @@ The recipe (see benchmarks/deploy.py for the measurements behind it):
   early cheap operations) it is 3x slower than float; from the first wide layers on, int8 wins.
   `boundary="auto"` times a few candidate boundaries on this machine and keeps the fastest; one
   calibration pass serves them all (ORT's calibration cache).
+- Accuracy decides before speed: given selection images (held-out images, not the calibration ones),
+  each candidate boundary's top-1 agreement with fp32 is measured, and only candidates within half a
+  point of the best agreement compete on speed. Quantizing the first layers of a model trained
+  briefly can flip several % of its predictions when the later ones flip almost none.
 - MinMax calibration on real images, `calib_n` of them (default 256).
 """
 
@@ -46,6 +50,8 @@ class QuantConfig:
     float_nodes: int = 0  # nodes before the boundary, left in float
     nodes: int = 0
     tuned: dict[str, float] = field(default_factory=dict)  # candidate boundary -> median ms, when tuned
+    agreement: dict[str, float] = field(default_factory=dict)  # candidate -> top-1 agreement with fp32
+    selection_images: int = 0
 
 
 class CalibrationError(RubikError):
@@ -165,11 +171,14 @@ def _time_sessions(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: 
 
 def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Path, *, calib_n: int = 256,
                   boundary: int | str = "auto", method: str = "minmax", threads: int = 1,
-                  tune_rounds: int = 30, log=print) -> QuantConfig:
+                  tune_rounds: int = 30, select_images: list | None = None, slack: float = 0.005,
+                  log=print) -> QuantConfig:
     """Quantize an exported fp32 ONNX file to int8 with real calibration images; returns what it did.
 
     `calib_images`: paths, PIL images or HxWx3 uint8 arrays (the first `calib_n` are used);
-    `boundary`: "auto" (time candidates here), "all" (everything but the stem), or a node index.
+    `boundary`: "auto" (time candidates here), "all" (everything but the stem), or a node index;
+    `select_images`: images (not the calibration ones) on which "auto" measures each candidate's top-1
+    agreement with fp32; candidates more than `slack` below the best agreement are not considered.
     """
     import onnx
     import onnxruntime as ort
@@ -227,19 +236,29 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
             starts = [int(boundary)]
         paths = {str(s): quantize(s, tmp / f"int8_{s}.onnx") for s in starts}
         tuned: dict[str, float] = {}
+        agreement: dict[str, float] = {}
         if len(paths) > 1:
+            if select_images:
+                reference = predictions(fp32_path, select_images, threads)
+                agreement = {k: float((predictions(p, select_images, threads) == reference).mean())
+                             for k, p in paths.items()}
+                paths = {k: p for k, p in paths.items() if agreement[k] >= max(agreement.values()) - slack}
             tuned = _time_sessions(paths, next(_inputs(session, pre, images[:1] * 16)), threads, tune_rounds)
             best = min(tuned.values())
             # Within 3% of the fastest, keep more layers in float: same speed, less rounding.
             start = max(int(k) for k, v in tuned.items() if v <= best * 1.03)
-            log("int8 precision boundary, median ms by first quantized node: "
-                + ", ".join(f"{k}: {v:.2f}" for k, v in tuned.items()) + f" -> {start}")
+            cells = [f"{k}: " + (f"{tuned[k]:.2f} ms" if k in tuned else "not timed")
+                     + (f", {agreement[k]:.1%} agree" if agreement else "") for k in agreement or tuned]
+            against = f"; top-1 agreement with fp32 on {len(select_images)} images not used for calibration"
+            log("int8 precision boundary by first quantized node (median ms" + (against if agreement else "")
+                + "): " + "; ".join(cells) + f" -> {start}")
         else:
             start = starts[0]
         model = onnx.load(paths[str(start)])
 
     config = QuantConfig(calibration=method, calib_images=len(images), boundary=start, float_nodes=start,
-                         nodes=len(names), tuned=tuned)
+                         nodes=len(names), tuned=tuned, agreement=agreement,
+                         selection_images=len(select_images) if agreement else 0)
     props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
     props.update({META_PRECISION: "int8", META_INT8: json.dumps(asdict(config))})
     del model.metadata_props[:]
