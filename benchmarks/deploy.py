@@ -9,21 +9,21 @@ init shrinks activations into subnormal floats, which makes float timings errati
   rubik fp32            rubik export: BN folded, GlobalAveragePool, ORT_ENABLE_ALL, sequential
   rubik int8            rubik export --int8: U8S8 per-channel QDQ, float stem/thin layers, timed boundary
 
-Accuracy: tinynet_e at 32 px trained for a few epochs on a CIFAR-10 subset (plain PyTorch loop, cached
-under --work), then fp32 vs int8 top-1 on 2,000 CIFAR-10 test images. Needs ../shared/datasets.
+Accuracy: a CIFAR-10 model trained with `rubik train` (tinynet_a at 32 px, 6 epochs of the `small`
+recipe, about 30 min on 2 cores, cached under --work; or --run RUN_DIR), then fp32 vs int8 top-1 on the
+10,000 CIFAR-10 test images, calibrated on 256 training images. Needs ../shared/datasets.
 
-    .venv/bin/python benchmarks/deploy.py       # everything (~30 min on 2 busy cores; trained model cached)
+    .venv/bin/python benchmarks/deploy.py       # everything (~45 min on 2 cores; the trained model is cached)
+    .venv/bin/python benchmarks/deploy.py --skip-speed --run runs/cifar-tinynet_a
     .venv/bin/python benchmarks/deploy.py --skip-accuracy --models tinynet_e --rounds 50
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -155,92 +155,50 @@ def cifar_root(work: Path) -> Path:
     return root
 
 
-def load_pixels(paths: list[str]) -> np.ndarray:
-    from PIL import Image
+def train_cifar(work: Path, arch: str, epochs: int) -> Path:
+    """`rubik train` on CIFAR-10 at 32 px with the `small` recipe (cached under --work)."""
+    from rubik.train import build_config, train
 
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-
-
-def train_cifar(work: Path, epochs: int, per_class: int, arch: str = "tinynet_e") -> Path:
-    """Plain PyTorch loop: `arch` at 32 px, random crop (pad 4) + flip, AdamW, cosine, label smoothing."""
-    import rubik
-    from rubik.models import get_spec
-
-    run = work / f"cifar-{arch}-e{epochs}-n{per_class}"
+    run = work / f"cifar-{arch}-32px-e{epochs}"
     if (run / "best.safetensors").is_file():
         return run
     root = cifar_root(work)
-    train = open_images(root, "train")
-    by_class: dict[int, list[int]] = {}
-    for i, t in enumerate(train.labels):
-        by_class.setdefault(t, []).append(i)
-    idx = [i for c in sorted(by_class) for i in by_class[c][:per_class]]
-    print(f"training {arch} at 32 px on {len(idx)} CIFAR-10 images, {epochs} epochs", flush=True)
-    pixels = torch.from_numpy(load_pixels([train.images[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([train.labels[i] for i in idx])
-    spec = {**get_spec(arch).to_dict(), "name": f"{arch}_cifar32", "resolution": 32, "crop_pct": 1.0}
-    spec.pop("paper"), spec.pop("hub_id")
-    model = rubik.create_model(spec, num_classes=10)
-    mean = torch.tensor(model.spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.spec.std).view(1, 3, 1, 1)
-    steps_per_epoch = len(idx) // 128
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * steps_per_epoch, pct_start=0.15)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    with torch_threads(2):
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(len(idx), generator=g)
-            start, total = time.time(), 0.0
-            for s in range(steps_per_epoch):
-                b = order[s * 128:(s + 1) * 128]
-                x = torch.nn.functional.pad(pixels[b].float() / 255, (4, 4, 4, 4), mode="reflect")
-                dx, dy = torch.randint(0, 9, (2,), generator=g).tolist()
-                x = x[:, :, dy:dy + 32, dx:dx + 32]
-                flip = torch.rand(len(b), generator=g) < 0.5
-                x[flip] = x[flip].flip(3)
-                loss = loss_fn(model((x - mean) / std), labels[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item()
-            print(f"   epoch {epoch + 1}/{epochs} loss {total / steps_per_epoch:.3f} ({time.time() - start:.0f} s)",
-                  flush=True)
-    from safetensors.torch import save_file
-
-    run.mkdir(parents=True, exist_ok=True)  # a run directory as `rubik train` writes it
-    save_file(model.eval().state_dict(), str(run / "best.safetensors"))
-    (run / "model.json").write_text(json.dumps({"model": model.spec.to_dict(), "num_classes": 10,
-                                                "classes": train.classes}))
+    print(f"training {arch} at 32 px on CIFAR-10 (50,000 images), {epochs} epochs, with rubik train", flush=True)
+    c = build_config(cli_values={"model": arch, "data": str(root), "resolution": 32, "epochs": epochs,
+                                 "batch_size": 128, "num_workers": 2, "log_every": 0})
+    train(c, run, progress=False)
     return run
 
 
-def accuracy(work: Path, epochs: int, per_class: int, eval_n: int, threads: int, arch: str) -> dict:
+def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, threads: int) -> dict:
     import onnx
 
     from rubik.deploy.export import set_metadata
     from rubik.models.weights import load_trained
 
-    run = train_cifar(work, epochs, per_class, arch)
+    run = run or train_cifar(work, arch, epochs)
     model = load_trained(run)
     root = cifar_root(work)
+    resolution = model.spec.resolution
     fp32 = export_onnx(model, work / f"{run.name}.onnx")
-    calib = open_images(root, "train")
-    calib = calib.subset(sample(calib, 256, seed=0))
+    train_images = open_images(root, "train")
+    calib_idx = sample(train_images, 256, seed=0)
+    calib = train_images.subset(calib_idx)
+    select = train_images.subset(sample(train_images, 256, seed=3, exclude=set(calib_idx)))  # as `rubik export`
     test = open_images(root, "test")
     test = test.subset(sample(test, eval_n, seed=1))
     out = {}
-    for label, kwargs in [("rubik int8 (MinMax, timed boundary)", {}),
+    for label, kwargs in [("rubik int8 (MinMax, boundary auto: `rubik export --int8`)",
+                           {"select_images": select.images}),
                           ("rubik int8 (MinMax, all but stem)", {"boundary": "all"}),
-                          ("rubik int8 (Percentile, timed boundary)", {"method": "percentile"})]:
+                          ("rubik int8 (Percentile, boundary auto)", {"method": "percentile",
+                                                                       "select_images": select.images})]:
         q = work / f"{run.name}.{len(out)}.int8.onnx"
-        quantize_int8(fp32, calib.images, q, calib_n=256, threads=threads, log=lambda s: None, **kwargs)
+        config = quantize_int8(fp32, calib.images, q, calib_n=256, threads=threads, log=lambda s: None, **kwargs)
+        label += f" [first {config.float_nodes} of {config.nodes} nodes float]"
         out[label] = check_int8(fp32, q, test, model.classes, threads)
         print(f"   {label}: {out[label]}", flush=True)
-    plain = plain_int8(fp32, 32, work / f"{run.name}.plain.int8.onnx")
+    plain = plain_int8(fp32, resolution, work / f"{run.name}.plain.int8.onnx")
     m = onnx.load(str(plain))  # the plain file has no preprocessing metadata: copy it, to evaluate alike
     set_metadata(m, **{p.key: p.value for p in onnx.load(str(fp32)).metadata_props})
     onnx.save(m, str(plain))
@@ -257,10 +215,10 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/rubik-bench-deploy", help="scratch folder (data, models, runs)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
-    p.add_argument("--arch", default="tinynet_e", help="architecture trained on CIFAR-10 for the accuracy check")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--per-class", type=int, default=1000, help="CIFAR-10 training images per class")
-    p.add_argument("--eval-n", type=int, default=2000, help="CIFAR-10 test images for fp32 vs int8")
+    p.add_argument("--run", type=Path, help="a `rubik train` run on CIFAR-10 to check int8 on (default: train one)")
+    p.add_argument("--arch", default="tinynet_a", help="architecture trained on CIFAR-10 when --run is not given")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--eval-n", type=int, default=10000, help="CIFAR-10 test images for fp32 vs int8")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -271,8 +229,7 @@ def main() -> None:
     import onnxruntime
 
     print(f"machine: {cpu}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-    acc = None if args.skip_accuracy else accuracy(work, args.epochs, args.per_class, args.eval_n, args.threads,
-                                                   args.arch)
+    acc = None if args.skip_accuracy else accuracy(work, args.run, args.arch, args.epochs, args.eval_n, args.threads)
     rows = [] if args.skip_speed else speed(args.models, work, args.rounds, args.threads)
     if rows:
         print_speed(rows)
