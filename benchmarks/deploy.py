@@ -188,11 +188,11 @@ def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, 
     test = open_images(root, "test")
     test = test.subset(sample(test, eval_n, seed=1))
     out = {}
-    for label, kwargs in [("rubik int8 (MinMax, boundary auto: `rubik export --int8`)",
-                           {"select_images": select.images}),
-                          ("rubik int8 (MinMax, all but stem)", {"boundary": "all"}),
+    for label, kwargs in [("rubik export --int8 (calibration auto, boundary auto)", {"select_images": select.images}),
+                          ("rubik int8 (MinMax, boundary auto)", {"method": "minmax", "select_images": select.images}),
                           ("rubik int8 (Percentile, boundary auto)", {"method": "percentile",
-                                                                       "select_images": select.images})]:
+                                                                       "select_images": select.images}),
+                          ("rubik int8 (MinMax, all but stem)", {"method": "minmax", "boundary": "all"})]:
         q = work / f"{run.name}.{len(out)}.int8.onnx"
         config = quantize_int8(fp32, calib.images, q, calib_n=256, threads=threads, log=lambda s: None, **kwargs)
         label += f" [first {config.float_nodes} of {config.nodes} nodes float]"

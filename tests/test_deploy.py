@@ -173,6 +173,11 @@ def test_int8_quantizes_and_checks_against_fp32(tmp_path, tiny, image_folder):
     assert check.n == 24 and 0.0 <= check.top1_agreement <= 1.0
     assert check.accuracy_delta is not None and -1.0 <= check.accuracy_delta <= 1.0
     assert Classifier(tmp_path / "m.onnx").precision == "int8"
+    # "auto" without selection images: timing alone decides among the candidates
+    lines = []
+    config = quantize_int8(fp32, data.images, tmp_path / "auto.onnx", calib_n=12, log=lines.append)
+    assert len(config.tuned) >= 2 and not config.agreement and str(config.boundary) in config.tuned
+    assert "int8 precision boundary" in lines[0] and "agree" not in lines[0]
 
 
 def test_auto_boundary_drops_candidates_that_agree_worse(tmp_path, tiny, image_folder, monkeypatch):
@@ -209,6 +214,27 @@ def test_auto_boundary_drops_candidates_that_agree_worse(tmp_path, tiny, image_f
     assert config.agreement[str(first)] <= 0.5 < min(v for k, v in config.agreement.items() if k != str(first))
     assert str(first) not in config.tuned and config.boundary != first
     assert config.boundary == min(int(k) for k in config.tuned)  # the fastest of the ones left
+
+
+def test_auto_calibration_takes_the_method_that_agrees_better(tmp_path, tiny, image_folder, monkeypatch):
+    import rubik.deploy.quantize as q
+
+    fp32 = export_onnx(tiny, tmp_path / "m.fp32.onnx")
+    data = open_images(image_folder)
+    real = q.predictions
+
+    def predictions(path, images, threads=1):  # MinMax made to flip every image's class
+        p = real(path, images, threads)
+        return (p + 1) % 3 if Path(path).name == "method_minmax.onnx" else p
+
+    monkeypatch.setattr(q, "predictions", predictions)
+    lines = []
+    config = q.quantize_int8(fp32, data.images[:12], tmp_path / "m.onnx", calib_n=12, boundary="all",
+                             select_images=data.images[12:], log=lines.append)
+    assert config.calibration == "percentile" and config.calibration_agreement["minmax"] == 0.0
+    assert "-> percentile" in lines[0]
+    assert q.quantize_int8(fp32, data.images[:12], tmp_path / "m2.onnx", calib_n=12, boundary="all").calibration \
+        == "minmax"  # nothing to measure on: MinMax
 
 
 def test_cli_export_run_dir_to_int8(tmp_path, run_dir, image_folder, capsys, monkeypatch):

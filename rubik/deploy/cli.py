@@ -91,8 +91,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(result)
     if result.accuracy_delta is not None and -100 * result.accuracy_delta > args.max_drop:
         raise RubikError(f"int8 loses {-100 * result.accuracy_delta:.2f} accuracy points (> --max-drop "
-                         f"{args.max_drop}); calibrate on more images (--calib-n), try --calib-method percentile, "
-                         "or fine-tune with quantization-aware training")
+                         f"{args.max_drop}); keep more early layers in float (--boundary N), "
+                         "or train longer: a briefly trained model's small margins flip under int8 rounding")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -136,7 +136,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true", help="post-training static int8 quantization")
     p.add_argument("--calib", help="calibration images: a folder (ROOT/CLASS/*.jpg, or ROOT/train/...) or 'digits'")
     p.add_argument("--calib-n", type=int, default=256, help="calibration images to use (default 256)")
-    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--calib-method", choices=("auto", "minmax", "entropy", "percentile"), default="auto",
+                   help="auto: MinMax or Percentile, whichever agrees better with fp32 on images not used for "
+                   "calibration")
     p.add_argument("--boundary", default="auto", help="first quantized node: 'auto' (the fastest of the "
                    "candidates that agree best with fp32), 'all' (all but the stem) or an index")
     p.add_argument("--eval", help="held-out images for the int8 check (default: the test/ or val/ split of "

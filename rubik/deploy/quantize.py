@@ -20,6 +20,8 @@ The recipe (see benchmarks/deploy.py for the measurements behind it):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import statistics
 import tempfile
@@ -51,6 +53,7 @@ class QuantConfig:
     nodes: int = 0
     tuned: dict[str, float] = field(default_factory=dict)  # candidate boundary -> median ms, when tuned
     agreement: dict[str, float] = field(default_factory=dict)  # candidate -> top-1 agreement with fp32
+    calibration_agreement: dict[str, float] = field(default_factory=dict)  # method -> agreement, when chosen
     selection_images: int = 0
 
 
@@ -170,13 +173,15 @@ def _time_sessions(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: 
 
 
 def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Path, *, calib_n: int = 256,
-                  boundary: int | str = "auto", method: str = "minmax", threads: int = 1,
+                  boundary: int | str = "auto", method: str = "auto", threads: int = 1,
                   tune_rounds: int = 30, select_images: list | None = None, slack: float = 0.005,
                   log=print) -> QuantConfig:
     """Quantize an exported fp32 ONNX file to int8 with real calibration images; returns what it did.
 
     `calib_images`: paths, PIL images or HxWx3 uint8 arrays (the first `calib_n` are used);
     `boundary`: "auto" (time candidates here), "all" (everything but the stem), or a node index;
+    `method`: "minmax", "percentile", "entropy", or "auto": with `select_images`, whichever of MinMax and
+    Percentile agrees better with fp32 (MinMax without);
     `select_images`: images (not the calibration ones) on which "auto" measures each candidate's top-1
     agreement with fp32; candidates more than `slack` below the best agreement are not considered.
     """
@@ -192,8 +197,8 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
                                "(--calib DIR) or 'digits'")
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
-        raise RubikError(f"unknown calibration method {method!r}; choose one of {sorted(methods)}")
+    if method not in methods and method != "auto":
+        raise RubikError(f"unknown calibration method {method!r}; choose auto or one of {sorted(methods)}")
     ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every unused initializer
     session = open_session(fp32_path, threads)
     meta = session.get_modelmeta().custom_metadata_map
@@ -211,15 +216,17 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
         quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=False)
         graph = onnx.load(str(pre_path)).graph
         names = [n.name for n in graph.node]
-        cache = tmp / "calibration.json"
         common = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                      per_channel=True, reduce_range=False, calibrate_method=methods[method],
-                      calibration_cache_path=str(cache), extra_options={"WeightSymmetric": True})
+                      per_channel=True, reduce_range=False, extra_options={"WeightSymmetric": True})
 
-        def quantize(start: int, path: Path) -> Path:
+        def quantize(start: int, path: Path, how: str | None = None) -> Path:
+            how = how or method
+            cache = tmp / f"calibration-{how}.json"  # one calibration pass per method serves every boundary
             reader = None if cache.exists() else _reader(session, pre, images)
             try:
-                quantize_static(str(pre_path), str(path), reader, nodes_to_quantize=names[start:], **common)
+                with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+                    quantize_static(str(pre_path), str(path), reader, nodes_to_quantize=names[start:],
+                                    calibrate_method=methods[how], calibration_cache_path=str(cache), **common)
             except (ValueError, RuntimeError) as e:
                 raise CalibrationError(f"calibration failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                                        "check that the images are readable RGB pictures") from None
@@ -234,12 +241,24 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
             starts = candidate_boundaries(graph, max_candidates=1)
         else:
             starts = [int(boundary)]
+        method_agreement: dict[str, float] = {}
+        reference = predictions(fp32_path, select_images, threads) if select_images else None
+        if method == "auto":
+            # Percentile clipping helps where a few images drive activations far out (briefly trained
+            # models), MinMax where the tails carry signal: measure, on the most-quantized candidate.
+            method = "minmax"
+            if select_images:
+                for how in ("minmax", "percentile"):
+                    path = quantize(starts[0], tmp / f"method_{how}.onnx", how)
+                    method_agreement[how] = float((predictions(path, select_images, threads) == reference).mean())
+                method = max(method_agreement, key=lambda k: (method_agreement[k], k == "minmax"))
+                log("int8 calibration: " + ", ".join(f"{k} {v:.1%}" for k, v in method_agreement.items())
+                    + f" top-1 agreement with fp32 -> {method}")
         paths = {str(s): quantize(s, tmp / f"int8_{s}.onnx") for s in starts}
         tuned: dict[str, float] = {}
         agreement: dict[str, float] = {}
         if len(paths) > 1:
             if select_images:
-                reference = predictions(fp32_path, select_images, threads)
                 agreement = {k: float((predictions(p, select_images, threads) == reference).mean())
                              for k, p in paths.items()}
                 paths = {k: p for k, p in paths.items() if agreement[k] >= max(agreement.values()) - slack}
@@ -249,14 +268,15 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
             start = max(int(k) for k, v in tuned.items() if v <= best * 1.03)
             cells = [f"{k}: " + (f"{tuned[k]:.2f} ms" if k in tuned else "not timed")
                      + (f", {agreement[k]:.1%} agree" if agreement else "") for k in agreement or tuned]
-            against = f"; top-1 agreement with fp32 on {len(select_images)} images not used for calibration"
+            against = f"; top-1 agreement with fp32 on {len(select_images or [])} images not used for calibration"
             log("int8 precision boundary by first quantized node (median ms" + (against if agreement else "")
                 + "): " + "; ".join(cells) + f" -> {start}")
         else:
             start = starts[0]
         model = onnx.load(paths[str(start)])
 
-    config = QuantConfig(calibration=method, calib_images=len(images), boundary=start, float_nodes=start,
+    config = QuantConfig(calibration=method, calibration_agreement=method_agreement, calib_images=len(images),
+                         boundary=start, float_nodes=start,
                          nodes=len(names), tuned=tuned, agreement=agreement,
                          selection_images=len(select_images) if agreement else 0)
     props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
