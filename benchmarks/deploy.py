@@ -9,9 +9,10 @@ init shrinks activations into subnormal floats, which makes float timings errati
   rubik fp32            rubik export: BN folded, GlobalAveragePool, ORT_ENABLE_ALL, sequential
   rubik int8            rubik export --int8: U8S8 per-channel QDQ, float stem/thin layers, timed boundary
 
-Accuracy: a CIFAR-10 model trained with `rubik train` (tinynet_a at 32 px, 6 epochs of the `small`
-recipe, about 30 min on 2 cores, cached under --work; or --run RUN_DIR), then fp32 vs int8 top-1 on the
-10,000 CIFAR-10 test images, calibrated on 256 training images. Needs ../shared/datasets.
+Accuracy: a CIFAR-10 model trained with `rubik train` (tinynet_a at 32 px, 8 epochs of the `small`
+recipe with crops keeping >= 80 % of the image, about 25 min on 2 quiet cores, cached under --work;
+or --run RUN_DIR), then fp32 vs int8 top-1 on the 10,000 CIFAR-10 test images, calibrated on 256
+training images. Needs ../shared/datasets.
 
     .venv/bin/python benchmarks/deploy.py       # everything (~45 min on 2 cores; the trained model is cached)
     .venv/bin/python benchmarks/deploy.py --skip-speed --run runs/cifar-tinynet_a
@@ -159,13 +160,13 @@ def train_cifar(work: Path, arch: str, epochs: int) -> Path:
     """`rubik train` on CIFAR-10 at 32 px with the `small` recipe (cached under --work)."""
     from rubik.train import build_config, train
 
-    run = work / f"cifar-{arch}-32px-e{epochs}"
+    run = work / f"cifar-{arch}-32px-e{epochs}-crop08"
     if (run / "best.safetensors").is_file():
         return run
     root = cifar_root(work)
     print(f"training {arch} at 32 px on CIFAR-10 (50,000 images), {epochs} epochs, with rubik train", flush=True)
     c = build_config(cli_values={"model": arch, "data": str(root), "resolution": 32, "epochs": epochs,
-                                 "batch_size": 128, "num_workers": 2, "log_every": 0})
+                                 "batch_size": 128, "num_workers": 2, "crop_scale": [0.8, 1.0], "log_every": 0})
     train(c, run, progress=False)
     return run
 
@@ -217,7 +218,7 @@ def main() -> None:
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--run", type=Path, help="a `rubik train` run on CIFAR-10 to check int8 on (default: train one)")
     p.add_argument("--arch", default="tinynet_a", help="architecture trained on CIFAR-10 when --run is not given")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--eval-n", type=int, default=10000, help="CIFAR-10 test images for fp32 vs int8")
     args = p.parse_args()
     work = Path(args.work)
