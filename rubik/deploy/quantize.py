@@ -219,8 +219,12 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
         common = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                       per_channel=True, reduce_range=False, extra_options={"WeightSymmetric": True})
 
-        def quantize(start: int, path: Path, how: str | None = None) -> Path:
-            how = how or method
+        done: dict[tuple[int, str], Path] = {}
+
+        def quantize(start: int, how: str) -> Path:
+            if (start, how) in done:
+                return done[start, how]
+            path = tmp / f"int8_{how}_{start}.onnx"
             cache = tmp / f"calibration-{how}.json"  # one calibration pass per method serves every boundary
             reader = None if cache.exists() else _reader(session, pre, images)
             try:
@@ -233,6 +237,7 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
             model = onnx.load(str(path))
             float_outputs(model.graph)
             onnx.save(model, str(path))
+            done[start, how] = path
             return path
 
         if boundary == "auto":
@@ -241,26 +246,30 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
             starts = candidate_boundaries(graph, max_candidates=1)
         else:
             starts = [int(boundary)]
-        method_agreement: dict[str, float] = {}
         reference = predictions(fp32_path, select_images, threads) if select_images else None
+        agreed: dict[Path, float] = {}
+
+        def agreement_of(path: Path) -> float:
+            if path not in agreed:
+                agreed[path] = float((predictions(path, select_images, threads) == reference).mean())
+            return agreed[path]
+
+        method_agreement: dict[str, float] = {}
         if method == "auto":
             # Percentile clipping helps where a few images drive activations far out (briefly trained
             # models), MinMax where the tails carry signal: measure, on the most-quantized candidate.
             method = "minmax"
             if select_images:
-                for how in ("minmax", "percentile"):
-                    path = quantize(starts[0], tmp / f"method_{how}.onnx", how)
-                    method_agreement[how] = float((predictions(path, select_images, threads) == reference).mean())
+                method_agreement = {how: agreement_of(quantize(starts[0], how)) for how in ("minmax", "percentile")}
                 method = max(method_agreement, key=lambda k: (method_agreement[k], k == "minmax"))
                 log("int8 calibration: " + ", ".join(f"{k} {v:.1%}" for k, v in method_agreement.items())
                     + f" top-1 agreement with fp32 -> {method}")
-        paths = {str(s): quantize(s, tmp / f"int8_{s}.onnx") for s in starts}
+        paths = {str(s): quantize(s, method) for s in starts}
         tuned: dict[str, float] = {}
         agreement: dict[str, float] = {}
         if len(paths) > 1:
             if select_images:
-                agreement = {k: float((predictions(p, select_images, threads) == reference).mean())
-                             for k, p in paths.items()}
+                agreement = {k: agreement_of(p) for k, p in paths.items()}
                 paths = {k: p for k, p in paths.items() if agreement[k] >= max(agreement.values()) - slack}
             tuned = _time_sessions(paths, next(_inputs(session, pre, images[:1] * 16)), threads, tune_rounds)
             best = min(tuned.values())
@@ -268,16 +277,16 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
             start = max(int(k) for k, v in tuned.items() if v <= best * 1.03)
             cells = [f"{k}: " + (f"{tuned[k]:.2f} ms" if k in tuned else "not timed")
                      + (f", {agreement[k]:.1%} agree" if agreement else "") for k in agreement or tuned]
-            against = f"; top-1 agreement with fp32 on {len(select_images or [])} images not used for calibration"
-            log("int8 precision boundary by first quantized node (median ms" + (against if agreement else "")
-                + "): " + "; ".join(cells) + f" -> {start}")
+            against = f"; top-1 agreement with fp32 on {len(select_images)} images not used for calibration" \
+                if agreement else ""
+            log(f"int8 precision boundary by first quantized node (median ms{against}): " + "; ".join(cells)
+                + f" -> {start}")
         else:
             start = starts[0]
         model = onnx.load(paths[str(start)])
 
     config = QuantConfig(calibration=method, calibration_agreement=method_agreement, calib_images=len(images),
-                         boundary=start, float_nodes=start,
-                         nodes=len(names), tuned=tuned, agreement=agreement,
+                         boundary=start, float_nodes=start, nodes=len(names), tuned=tuned, agreement=agreement,
                          selection_images=len(select_images) if agreement else 0)
     props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
     props.update({META_PRECISION: "int8", META_INT8: json.dumps(asdict(config))})
