@@ -186,6 +186,7 @@ def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 1
                     if "ort-fp32" in backends:
                         fns["ort-fp32"] = _ort_runner(fp32, x, threads)
                     if "ort-int8" in backends:
+                        fp32 = export_onnx(model, work / f"{name}.int8-source.onnx", batch=batch, split="int8")
                         images = open_images(calib).images if calib else sample_photos(max(calib_n, batch))
                         int8 = work / f"{name}.int8.onnx"
                         quantize_int8(fp32, images, int8, calib_n=calib_n, threads=threads, log=log)

@@ -66,7 +66,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     fp32_path = out.with_name(out.name.removesuffix(".onnx") + ".fp32.onnx") if args.int8 else out
     export_onnx(model, fp32_path, dynamic_batch=args.dynamic_batch, batch=args.batch,
-                resolution=args.resolution, opset=args.opset)
+                resolution=args.resolution, opset=args.opset, split="int8" if args.int8 else "fp32")
     check = verify_onnx(model, fp32_path, images=verify_images, threads=args.threads)
     print(f"wrote {fp32_path} ({name}, fp32, BatchNorm folded, "
           f"{'dynamic' if args.dynamic_batch else args.batch} batch)")

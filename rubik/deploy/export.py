@@ -102,6 +102,19 @@ def pool_to_global_average(graph) -> int:
     return done
 
 
+def ghost_split(model: nn.Module, split: str | int | None) -> nn.Module:
+    """`model` itself, or for a GhostNet its split equivalent as `export_onnx`'s `split` asks."""
+    from ..models.ghost import GhostNet
+    from .layout import int8_split_blocks, split_ghostnet
+
+    if split is None or not isinstance(model, GhostNet):
+        return model
+    if split not in ("fp32", "int8") and not isinstance(split, int):
+        raise RubikError(f"split must be 'fp32', 'int8', a number of blocks or None, got {split!r}")
+    blocks = {"fp32": None, "int8": int8_split_blocks(model)}.get(split, split)
+    return split_ghostnet(model, blocks=blocks)
+
+
 def set_metadata(onnx_model, **entries: str) -> None:
     props = {p.key: p.value for p in onnx_model.metadata_props}
     props.update(entries)
@@ -113,19 +126,22 @@ def set_metadata(onnx_model, **entries: str) -> None:
 
 def export_onnx(model: nn.Module, path: str | Path, *, dynamic_batch: bool = False, batch: int = 1,
                 resolution: int | None = None, classes: list[str] | None = None,
-                opset: int = DEFAULT_OPSET) -> Path:
+                opset: int = DEFAULT_OPSET, split: str | int | None = "fp32") -> Path:
     """Write `model` as an ONNX file: BatchNorm folded, input `input` (Nx3xRxR float32), output `logits`.
 
     The preprocessing (resolution, crop, mean/std) and class names go into the file's metadata, so
     `rubik.deploy.runtime.Classifier` needs nothing else. `dynamic_batch` leaves the batch size free;
     otherwise it is fixed to `batch`, which lets ONNX Runtime plan memory once.
+    `split` rewrites a GhostNet so that its Ghost halves are never concatenated (`layout.split_ghostnet`,
+    the same function, 20 % faster in ONNX Runtime's float kernels on x86): "fp32" splits every bottleneck,
+    "int8" only those the int8 path keeps in float (`layout.int8_split_blocks`), a number that many, None none.
     """
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pre = preprocess_of(model, resolution)
-    folded = fold_batchnorm(model)
+    folded = fold_batchnorm(ghost_split(model, split))
     # torch.export specialises a dimension of size 1, so trace a dynamic batch with 2.
     example = torch.randn(2 if dynamic_batch else batch, 3, pre.resolution, pre.resolution)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None

@@ -1,0 +1,71 @@
+"""GhostNet split for ONNX Runtime's blocked float layout: the same function, no concatenation."""
+
+import onnx
+import pytest
+import torch
+
+import rubik
+from rubik.deploy.export import export_onnx, verify_onnx
+from rubik.deploy.layout import int8_split_blocks, split_ghostnet
+from rubik.models.ghost import GhostModule
+
+SMALL_GHOST = {"name": "small_ghost", "family": "ghostnet", "width": 0.5, "depth": 0.5, "resolution": 64}
+
+
+@pytest.fixture
+def ghost(randomize_bn):
+    torch.manual_seed(0)
+    model = rubik.create_model(SMALL_GHOST, num_classes=7).eval()
+    randomize_bn(model)
+    return model
+
+
+@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("blocks", [None, 0, 3])
+def test_split_computes_the_same_logits(ghost, block, blocks):
+    split = split_ghostnet(ghost, block=block, blocks=blocks)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref, got = ghost(x), split(x)
+    assert ref.abs().max() > 0.1  # a dead network would match anything
+    torch.testing.assert_close(got, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)
+    parts = [p for b in split.split_blocks for p in b.parts]
+    assert all(p.width % block == 0 and len(p.channels) <= p.width for p in parts)
+
+
+def test_split_keeps_an_odd_ghost_module_exact():
+    # ceil(out/2) primary maps: the last cheap map is sliced off in the original, never computed here
+    from rubik.deploy.layout import Part, SplitGhostModule
+
+    torch.manual_seed(0)
+    module = GhostModule(6, 7).eval()
+    x = torch.randn(2, 6, 9, 9)
+    split = SplitGhostModule(module, (Part(tuple(range(6)), 16),), 16)
+    padded = torch.cat([x, x.new_zeros(2, 10, 9, 9)], 1)
+    p, c = split([padded])
+    with torch.no_grad():
+        ref = module(x)
+    torch.testing.assert_close(torch.cat([p[:, :4], c[:, :3]], 1), ref)
+    assert p[:, 4:].abs().max() == 0 and c[:, 3:].abs().max() == 0  # padding holds exact zeros
+
+
+def test_exported_split_has_no_concat_and_verifies(tmp_path, ghost):
+    def concats(path):
+        return sum(n.op_type == "Concat" for n in onnx.load(str(path)).graph.node)
+
+    plain = export_onnx(ghost, tmp_path / "plain.onnx", split=None)
+    full = export_onnx(ghost, tmp_path / "split.onnx")
+    part = export_onnx(ghost, tmp_path / "int8src.onnx", split="int8")
+    assert concats(plain) > 0 and concats(full) == 0
+    assert concats(part) < concats(plain)
+    for path in (full, part):
+        assert verify_onnx(ghost, path).top1_agreement == 1.0
+
+
+def test_int8_split_depth_and_bad_arguments(ghost, tmp_path):
+    n = sum(len(s) for s in ghost.blocks[:-1])
+    assert 0 < int8_split_blocks(ghost) < n
+    with pytest.raises(TypeError, match="GhostNet"):
+        split_ghostnet(rubik.create_model({"name": "t", "width": 0.25, "depth": 0.3, "resolution": 32}))
+    with pytest.raises(rubik.errors.RubikError, match="split must be"):
+        export_onnx(ghost, tmp_path / "x.onnx", split="fast")
