@@ -6,8 +6,10 @@ init shrinks activations into subnormal floats, which makes float timings errati
   timm eager            timm.create_model(name) in PyTorch
   ORT fp32 (plain)      torch.onnx.export of timm's model, ONNX Runtime with default options, 1 thread
   ORT int8 (plain)      quantize_static defaults (QDQ, S8S8, per-tensor) calibrated on random data
-  rubik fp32            rubik export: BN folded, GlobalAveragePool, ORT_ENABLE_ALL, sequential
-  rubik int8            rubik export --int8: U8S8 per-channel QDQ, float stem/thin layers, timed boundary
+  rubik fp32            rubik export: BN folded, GlobalAveragePool, ORT_ENABLE_ALL, sequential; GhostNet
+                        split so no Ghost module concatenates (rubik/deploy/layout.py)
+  rubik int8            rubik export --int8: U8S8 per-channel QDQ, float stem/thin layers, timed boundary;
+                        GhostNet split in the blocks int8 leaves float
 
 Accuracy: a CIFAR-10 model trained with `rubik train` (tinynet_a at 32 px, 8 epochs of the `small`
 recipe with crops keeping >= 80 % of the image, about 25 min on 2 quiet cores, cached under --work;
