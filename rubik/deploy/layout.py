@@ -5,7 +5,7 @@ module concatenates two halves of, say, 8 or 36 channels: a count that is not a 
 cannot be concatenated in that layout, so ONNX Runtime converts both halves back to plain NCHW,
 concatenates, and converts forward again, and the residual Add follows it there. Even on block
 boundaries the Concat is a copy of the whole feature map. On GhostNet 1.0x at 224 px the copies and
-conversions take about 40 % of the float time.
+conversions take about 40 % of the float time (an ORT profile; benchmarks/ghost_split.py times the result).
 
 `split_ghostnet` returns an equivalent model that never concatenates: every feature map is kept as
 its parts (a Ghost module's primary and cheap halves), each zero-padded to a multiple of the block.
@@ -236,8 +236,8 @@ def int8_split_blocks(model: GhostNet) -> int:
 
     The int8 path keeps the early, high-resolution blocks in float (see quantize.py) and runs the rest
     in int8, where a split would cost a QLinearAdd per part instead of a copy. Splitting through the
-    first block at 1/16 of the input resolution measured fastest on GhostNet 1.0x (benchmarks/deploy.py:
-    ahead of splitting 6, 8, 11 or all 16 blocks, though within 5-10 % of them on a 2-core EPYC).
+    first block at 1/16 of the input resolution (7 of GhostNet 1.0x's 16) was fastest in two exploratory
+    runs on a 2-core Xeon, and tied with 5 and 16 in benchmarks/ghost_split.py's run (which prints it).
     """
     stride, count = 2, 0  # the stem strides by 2
     for stage in model.blocks[:-1]:
