@@ -69,3 +69,19 @@ def test_int8_split_depth_and_bad_arguments(ghost, tmp_path):
         split_ghostnet(rubik.create_model({"name": "t", "width": 0.25, "depth": 0.3, "resolution": 32}))
     with pytest.raises(rubik.errors.RubikError, match="split must be"):
         export_onnx(ghost, tmp_path / "x.onnx", split="fast")
+
+
+def test_int8_may_start_where_the_split_parts_join(ghost, tmp_path):
+    from rubik.deploy.quantize import candidate_boundaries
+
+    part = onnx.load(str(export_onnx(ghost, tmp_path / "int8src.onnx", split="int8"))).graph
+    plain = onnx.load(str(export_onnx(ghost, tmp_path / "plain.onnx", split=None))).graph
+    made_by = {o: n for n in part.node for o in n.output}
+    join = [i for i, n in enumerate(part.node) if n.op_type == "Concat"
+            and all(made_by[t].op_type == "Slice" for t in n.input)]
+    assert len(join) == 1 and join[0] + 1 in candidate_boundaries(part)
+    assert part.node[join[0]].output[0] in part.node[join[0] + 1].input  # int8 starts on the joined map
+    assert candidate_boundaries(part, max_candidates=1) == [min(candidate_boundaries(part))]  # "all" stays all
+    plain_made_by = {o: n.op_type for n in plain.node for o in n.output}
+    assert not any(n.op_type == "Concat" and all(plain_made_by.get(t) == "Slice" for t in n.input)
+                   for n in plain.node)

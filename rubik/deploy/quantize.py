@@ -105,8 +105,20 @@ def _node_kinds(graph) -> list[str]:
     return kinds
 
 
+def _split_join(graph) -> int | None:
+    """Index of the node after the Concat that joins a split GhostNet's parts (`layout.SplitGhostNet`:
+    a Concat of Slices), or None. Int8 starting there leaves every split block in float, where the split
+    pays; starting inside, each part's sum becomes a QLinearAdd in plain NCHW with transposes around it."""
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Concat" and len(node.input) > 1 and all(made_by.get(t) == "Slice" for t in node.input):
+            return i + 1
+    return None
+
+
 def candidate_boundaries(graph, max_candidates: int = 8) -> list[int]:
-    """Where int8 may start: after the stem, or at one of the depthwise convs in the first half of the network.
+    """Where int8 may start: after the stem, at one of the depthwise convs in the first half of the network,
+    or (a split GhostNet) where its float-layout parts are joined.
 
     Starting at a depthwise conv keeps each block's expansion and depthwise in the same precision.
     """
@@ -121,6 +133,9 @@ def candidate_boundaries(graph, max_candidates: int = 8) -> list[int]:
             while start > stem + 1 and kinds[start - 1] not in ("Add", "Concat", "dw"):
                 start -= 1
             picks.append(start)
+    join = _split_join(graph)
+    if join is not None and max_candidates > 1:
+        picks.append(join)
     return sorted(set(picks))
 
 
