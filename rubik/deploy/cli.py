@@ -91,8 +91,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(result)
     if result.accuracy_delta is not None and -100 * result.accuracy_delta > args.max_drop:
         raise RubikError(f"int8 loses {-100 * result.accuracy_delta:.2f} accuracy points (> --max-drop "
-                         f"{args.max_drop}); keep more early layers in float (--boundary N), "
-                         "or train longer: a briefly trained model's small margins flip under int8 rounding")
+                         f"{args.max_drop}); keep more early layers in float (--boundary N), train longer (a "
+                         "briefly trained model's small margins flip under int8 rounding), or fine-tune with the "
+                         "rounding simulated: rubik train --model M --data D --init RUN_DIR --qat --epochs 2 --lr 2e-4")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

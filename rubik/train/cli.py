@@ -11,7 +11,7 @@ from ..errors import RubikError
 
 # Command-line flags that map one-to-one onto TrainConfig fields (flag dest == field name).
 CONFIG_FLAGS = ("model", "data", "recipe", "epochs", "batch_size", "lr", "optimizer", "resolution", "weight_decay",
-                "num_workers", "seed", "pretrained", "init", "freeze_epochs", "strict", "amp", "compile",
+                "num_workers", "seed", "pretrained", "init", "freeze_epochs", "qat", "strict", "amp", "compile",
                 "sync_bn", "accum_steps", "checkpoint_every", "keep_last", "randaugment", "device", "val_split",
                 "ema_decay", "deterministic", "label_smoothing")
 
@@ -100,6 +100,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", action="store_const", const=True, help="start from the official ImageNet weights")
     p.add_argument("--init", metavar="RUN_DIR|FILE", help="start from these weights (a new head if classes differ)")
     p.add_argument("--freeze-epochs", dest="freeze_epochs", type=int, help="train only the head for N epochs")
+    p.add_argument("--qat", action="store_const", const=True,
+                   help="quantization-aware fine-tuning of --init weights for `rubik export --int8` (a few epochs, "
+                        "low --lr)")
     p.add_argument("--strict", action="store_const", const=True, help="stop at a corrupt image instead of skipping it")
     p.add_argument("--workers", dest="num_workers", type=int, help="DataLoader worker processes")
     p.add_argument("--seed", type=int)

@@ -66,6 +66,8 @@ class TrainConfig:
     pretrained: bool = False
     init: str = ""  # a run directory or weights file to start from (the head is replaced if sizes differ)
     freeze_epochs: int = 0  # train only the classifier for the first epochs
+    qat: bool = False  # quantization-aware: simulate the int8 export's rounding (train/qat.py)
+    qat_calib_images: int = 256  # training images that fix the int8 input ranges before fine-tuning
     # Machinery.
     seed: int = 0
     deterministic: bool = False

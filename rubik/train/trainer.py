@@ -134,6 +134,8 @@ class Trainer:
                 self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             else:
                 log.info("sync_bn needs GPUs (torch's SyncBatchNorm is CUDA-only): BatchNorm stays per process")
+        if c.qat:
+            self._prepare_qat(resume)
         self.ema = ema_model(self.net, c.ema_decay, c.ema_warmup) if c.ema_decay > 0 else None
         self.model: nn.Module = self.net
         if self.d.enabled:
@@ -194,6 +196,33 @@ class Trainer:
         skipped = load_weights(self.net, read_state_dict(path), source=f"weights file {path}")
         note = f"; classifier replaced for {self.num_classes} classes" if skipped else ""
         log.info(f"initial weights from {path}{note}")
+
+    def _prepare_qat(self, resume: bool) -> None:
+        from .qat import load_ranges, measure_ranges, prepare_qat, save_ranges
+
+        c = self.c
+        ranges = load_ranges(self.run_dir) if resume else None
+        if ranges is None:
+            if not (c.init or c.pretrained or resume):
+                raise RubikError("--qat fine-tunes trained weights: add --init RUN_DIR|FILE (a finished run) "
+                                 "or --pretrained")
+            n = min(c.qat_calib_images, len(self.data.train))
+            order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(c.seed))[:n]
+            tf = eval_transform(self.spec.resolution, self.spec.mean, self.spec.std, self.spec.crop_pct,
+                                self.spec.interpolation)
+            loader = DataLoader(Transformed(self.data.train, tf), batch_size=min(c.batch_size, 64),
+                                sampler=order.tolist(), collate_fn=collate)
+            fmt = torch.channels_last if c.channels_last else torch.preserve_format
+            try:
+                ranges = measure_ranges(self.net, (x.to(self.device, memory_format=fmt)
+                                                   for x, _, _ in loader if x.numel()))
+            except RubikError as e:
+                raise worker_error(e) from None
+            if self.d.main:
+                save_ranges(self.run_dir, ranges, atomic_write_text)
+        quantized = prepare_qat(self.net, ranges)
+        log.info(f"quantization-aware: int8 weights per channel, uint8 inputs of {quantized} layers "
+                 f"(ranges in {self.run_dir / 'qat.json'}); export with `rubik export --int8`")
 
     def _build_loaders(self) -> None:
         c, d = self.c, self.d
