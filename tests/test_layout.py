@@ -69,6 +69,9 @@ def test_int8_split_depth_and_bad_arguments(ghost, tmp_path):
         split_ghostnet(rubik.create_model({"name": "t", "width": 0.25, "depth": 0.3, "resolution": 32}))
     with pytest.raises(rubik.errors.RubikError, match="split must be"):
         export_onnx(ghost, tmp_path / "x.onnx", split="fast")
+    with pytest.raises(rubik.errors.RubikError, match="split must be"):  # not silently ignored elsewhere
+        export_onnx(rubik.create_model({"name": "t", "width": 0.25, "depth": 0.3, "resolution": 32}),
+                    tmp_path / "y.onnx", split="fast")
 
 
 def test_int8_may_start_where_the_split_parts_join(ghost, tmp_path):

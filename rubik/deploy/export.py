@@ -107,10 +107,10 @@ def ghost_split(model: nn.Module, split: str | int | None) -> nn.Module:
     from ..models.ghost import GhostNet
     from .layout import int8_split_blocks, split_ghostnet
 
+    if split is not None and split not in ("fp32", "int8") and not isinstance(split, int):
+        raise RubikError(f"split must be 'fp32', 'int8', a number of blocks or None, got {split!r}")
     if split is None or not isinstance(model, GhostNet):
         return model
-    if split not in ("fp32", "int8") and not isinstance(split, int):
-        raise RubikError(f"split must be 'fp32', 'int8', a number of blocks or None, got {split!r}")
     blocks = {"fp32": None, "int8": int8_split_blocks(model)}.get(split, split)
     return split_ghostnet(model, blocks=blocks)
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
+from .checkpoint import atomic_write_text
 
 RANGES_FILE = "qat.json"
 
@@ -68,6 +69,7 @@ def measure_ranges(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[st
         raise RubikError("quantization-aware training found no Conv2d or Linear layer in the model")
     ranges = {name: [0.0, 0.0] for name in layers}
     current: dict[str, torch.Tensor] = {}
+    stems: set[str] = set()
 
     def record(name):
         def hook(_module, args):
@@ -80,7 +82,6 @@ def measure_ranges(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[st
                 ranges[name] = [min(lo, float(x.min())), max(hi, float(x.max()))]
         return hook
 
-    stems: set[str] = set()
     handles = [m.register_forward_pre_hook(record(name)) for name, m in layers.items()]
     was_training = model.training
     model.eval()
@@ -115,8 +116,8 @@ def prepare_qat(model: nn.Module, ranges: dict[str, list[float]]) -> int:
     return sum(1 for name in layers if ranges[name][1] > ranges[name][0])
 
 
-def save_ranges(run_dir: Path, ranges: dict[str, list[float]], write) -> None:
-    write(Path(run_dir) / RANGES_FILE, json.dumps(ranges, indent=1))
+def save_ranges(run_dir: Path, ranges: dict[str, list[float]]) -> None:
+    atomic_write_text(Path(run_dir) / RANGES_FILE, json.dumps(ranges, indent=1))
 
 
 def load_ranges(run_dir: Path) -> dict[str, list[float]] | None:

@@ -198,7 +198,7 @@ class Trainer:
         log.info(f"initial weights from {path}{note}")
 
     def _prepare_qat(self, resume: bool) -> None:
-        from .qat import load_ranges, measure_ranges, prepare_qat, save_ranges
+        from .qat import RANGES_FILE, load_ranges, measure_ranges, prepare_qat, save_ranges
 
         c = self.c
         ranges = load_ranges(self.run_dir) if resume else None
@@ -219,10 +219,10 @@ class Trainer:
             except RubikError as e:
                 raise worker_error(e) from None
             if self.d.main:
-                save_ranges(self.run_dir, ranges, atomic_write_text)
+                save_ranges(self.run_dir, ranges)
         quantized = prepare_qat(self.net, ranges)
         log.info(f"quantization-aware: int8 weights per channel, uint8 inputs of {quantized} layers "
-                 f"(ranges in {self.run_dir / 'qat.json'}); export with `rubik export --int8`")
+                 f"(ranges in {self.run_dir / RANGES_FILE}); export with `rubik export --int8`")
 
     def _build_loaders(self) -> None:
         c, d = self.c, self.d
