@@ -13,7 +13,8 @@ if [ ! -f "$stamp" ]; then
   echo "== setting up .venv (torch $(grep -m1 '^torch==' constraints.txt | cut -d= -f3), pinned in constraints.txt)" >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+  # -W: setuptools reports every editable install as a warning ("Editable installation."); nothing to act on.
+  .venv/bin/python -W "ignore:Editable installation" -m pip install -q -c constraints.txt -e '.[test]'
   rm -f .venv/.setup-* && touch "$stamp"
 fi
 

@@ -84,6 +84,33 @@ def test_bad_input_is_one_line_errors(tmp_path):
         fit_formula(load_study("a", storage))
 
 
+NO_PSYCOPG = textwrap.dedent("""
+    import sys, importlib.abc
+
+    class NoPsycopg(importlib.abc.MetaPathFinder):  # as if psycopg was never installed
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in ("psycopg", "psycopg2"):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, NoPsycopg())
+    from rubik.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_missing_database_driver_names_the_module_and_package(tmp_path):
+    def search_show(url):
+        return subprocess.run([sys.executable, "-c", NO_PSYCOPG, "search", "show", "s", "--storage", url], env=ENV,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    # SQLAlchemy 2.1 imports psycopg (3) for a plain postgresql:// URL, psycopg2 only when asked for.
+    result = search_show("postgresql://u:p@localhost:1/db")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "needs the Python module 'psycopg'" in result.stderr and "rubik-nets[postgres]" in result.stderr
+    result = search_show("postgresql+psycopg2://u:p@localhost:1/db")
+    assert "needs the Python module 'psycopg2'" in result.stderr and "psycopg2-binary" in result.stderr
+
+
 def test_failed_trials_are_recorded_and_crashes_are_retried(tmp_path):
     from rubik.train.trainer import NonFiniteLossError
 

@@ -103,6 +103,7 @@ def open_storage(url: str | None = None, heartbeat: int = 10):
             path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
     hint = "give an SQLAlchemy URL such as sqlite:///runs/search/studies.db or postgresql://user:pass@host/db"
+    check_driver(url, hint)
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
@@ -113,9 +114,9 @@ def open_storage(url: str | None = None, heartbeat: int = 10):
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY))
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
             raise RubikError(f"bad storage URL {url!r} ({str(e).splitlines()[0]}); {hint}") from None
-        except ImportError as e:
-            raise RubikError(f"storage URL {url!r} needs a database driver that is not installed ({e.name}); "
-                             f"install it (e.g. psycopg2-binary for postgresql) or use sqlite") from None
+        except ImportError:
+            raise RubikError(f"storage URL {url!r} needs a database driver that could not be imported; "
+                             "install the package for it or use sqlite") from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as e:
             # Two processes creating the tables of a fresh SQLite file at once (a lock, or both inserting
             # the schema version row): the loser waits and retries, and then finds the tables made.
@@ -123,6 +124,43 @@ def open_storage(url: str | None = None, heartbeat: int = 10):
                 raise RubikError(f"cannot open storage {url!r} ({str(e.orig).splitlines()[0]}); {hint}") from None
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
+
+
+# The package that provides each DB-API module SQLAlchemy's dialects import (SQLAlchemy 2.1 maps a plain
+# postgresql:// to psycopg 3, not psycopg2).
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary] (pip install 'rubik-nets[postgres]')",
+    "psycopg2": "psycopg2-binary",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+    "oracledb": "oracledb",
+    "pyodbc": "pyodbc",
+}
+
+
+def check_driver(url: str, hint: str = "") -> None:
+    """Import the DB-API module the URL's dialect uses; a missing one is named with the package providing it.
+
+    Optuna replaces the ImportError with a generic one, so the module is looked up here first.
+    """
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        dialect = sqlalchemy.engine.make_url(url).get_dialect()
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
+        raise RubikError(f"bad storage URL {url!r} ({str(e).splitlines()[0]}); {hint}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        module = (e.name or "").split(".")[0] or dialect.driver
+        package = DRIVER_PACKAGES.get(module, f"the package that provides the Python module {module!r}")
+        raise RubikError(f"storage URL {url!r} needs the Python module {module!r} ({dialect.name} driver "
+                         f"{dialect.driver!r}), which is not installed; install {package}, "
+                         "or use a sqlite:/// URL") from None
 
 
 def study_names(storage) -> list[str]:
