@@ -86,7 +86,7 @@ def models(base_name: str, base_resolution: int, ratio: float):
     tiny = Twister(base, "tiny").to_ratio(ratio, name="tiny")
     giant = Twister(base, "giant").to_ratio(ratio, name="giant")
     base_macs = macs_of(base)
-    width_spec, width_macs = solve(replace(base, name="width_only", paper={}, hub_id=None), ratio * base_macs,
+    width_spec, width_macs = solve(replace(base, name="width_only"), ratio * base_macs,
                                    max_resolution_change=0.0)
     rows = [("tiny formula", tiny.spec, tiny.macs), ("inverse giant", giant.spec, giant.macs),
             ("width only", width_spec, width_macs)]

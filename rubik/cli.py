@@ -26,17 +26,18 @@ def _meta_model(name: str):
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from .models import MODELS, list_models
+    from .models import MODELS, list_models, published
     from .profile import count, count_params
 
     rows = []
     for name in list_models(args.filter):
         spec, model = MODELS[name], _meta_model(name)
         macs, _ = count(model, spec.resolution)
-        rows.append({"name": name, "input": spec.resolution, "params_m": count_params(model) / 1e6,
-                     "macs_m": macs / 1e6, "paper_macs_m": spec.paper.get("macs_m"),
-                     "paper_params_m": spec.paper.get("params_m"), "paper_top1": spec.paper.get("top1"),
-                     "pretrained": bool(spec.hub_id)})
+        pub = published(spec)
+        rows.append({"name": name, "family": spec.family, "input": spec.resolution,
+                     "params_m": count_params(model) / 1e6, "macs_m": macs / 1e6, "paper_macs_m": pub.macs_m,
+                     "paper_params_m": pub.params_m, "paper_top1": pub.top1, "timm_top1": pub.timm_top1,
+                     "pretrained": bool(pub.hub_id), "hub_id": pub.hub_id})
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -94,9 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_sizes(args: argparse.Namespace) -> None:
+    """An input size must be positive in every subcommand (`--base-resolution 0` means the base's own)."""
+    for flag, least in (("resolution", 1), ("base_resolution", 0)):
+        value = getattr(args, flag, None)
+        if value is not None and value < least:
+            option = "--" + flag.replace("_", "-")
+            raise RubikError(f"{option} must be a positive number of pixels, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_sizes(args)
         args.func(args)
     except (RubikError, FileNotFoundError, PermissionError) as e:
         print(f"rubik {args.command}: error: {e}", file=sys.stderr)

@@ -80,16 +80,27 @@ class TinyFormula:
 
     # --- reading and writing -------------------------------------------------------------------
     @classmethod
+    def builtin(cls, name: str = DEFAULT_FORMULA) -> TinyFormula:
+        """A formula shipped in rubik/cube/formulas/ (a family names its own in `Family.formula`)."""
+        try:
+            text = resources.files("rubik.cube").joinpath("formulas", name).read_text()
+        except OSError:
+            raise FormulaError(f"no built-in formula {name!r}") from None
+        return cls._parse(text, f"built-in {name}")
+
+    @classmethod
     def load(cls, path: str | Path | None = None) -> TinyFormula:
         if path is None:
-            text = resources.files("rubik.cube").joinpath("formulas", DEFAULT_FORMULA).read_text()
-            where = f"built-in {DEFAULT_FORMULA}"
-        else:
-            where = str(path)
-            try:
-                text = Path(path).read_text()
-            except OSError as e:
-                raise FormulaError(f"cannot read formula file {where}: {e.strerror}") from None
+            return cls.builtin(DEFAULT_FORMULA)
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise FormulaError(f"cannot read formula file {where}: {e.strerror}") from None
+        return cls._parse(text, where)
+
+    @classmethod
+    def _parse(cls, text: str, where: str) -> TinyFormula:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

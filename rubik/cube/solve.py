@@ -2,8 +2,8 @@
 
 The closed form w = sqrt(c / (r^2 d)) ignores channel rounding (multiples of 8, never 10 % below),
 the one-block floor per stage and the fixed stem/head, so it misses small models by up to 2x.
-Here MACs are counted exactly (by arithmetic on the MBConv plan, or on a shape-only "meta" model
-for other families) and width is found by bisection.
+Here MACs are counted exactly (by arithmetic on the family's plan, or on a shape-only "meta" model
+for a family without plan arithmetic) and width is found by bisection.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from dataclasses import replace
 import torch
 
 from ..errors import RubikError
-from ..models import EFFICIENTNET_B0_STAGES, ModelSpec, build
-from ..models.ghost import ghost_plan_macs, plan_ghostnet
-from ..models.mbconv import plan_macs, plan_network
+from ..models import FAMILIES, ModelSpec, build
 from ..profile import count
 
 WIDTH_RANGE = (0.05, 4.0)
@@ -28,11 +26,9 @@ class InfeasibleBudget(RubikError):
 
 def macs_of(spec: ModelSpec, num_classes: int = 1000) -> int:
     """Exact MACs of the model a spec describes (arithmetic on its plan where the family has one)."""
-    if spec.family == "mbconv":
-        return plan_macs(plan_network(EFFICIENTNET_B0_STAGES, spec.width, spec.depth, spec.rules), spec.resolution,
-                         num_classes)
-    if spec.family == "ghostnet":
-        return ghost_plan_macs(plan_ghostnet(spec.width, spec.depth), spec.resolution, num_classes)
+    family = FAMILIES[spec.family]
+    if family.macs is not None:
+        return family.macs(family.plan_of(spec), spec.resolution, num_classes)
     with torch.device("meta"):
         model = build(spec, num_classes=num_classes)
     return count(model, spec.resolution)[0]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import RubikError
-from ..models import ModelSpec, ScalingRules, get_spec
+from ..models import FAMILIES, ModelSpec, get_spec
 from .formula import Prediction, TinyFormula
 from .giant import giant, phi_for_ratio
 from .solve import MIN_RESOLUTION, WIDTH_RANGE, InfeasibleBudget, macs_of, solve
@@ -93,18 +93,23 @@ class Twister:
         if method not in METHODS:
             raise RubikError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.base = get_spec(base)
-        if self.base.family not in ("mbconv", "ghostnet"):
-            raise RubikError(f"{self.base.name} has no cube to twist; bases: efficientnet_*, tinynet_*, ghostnet_*")
+        self.family = FAMILIES[self.base.family]
+        if not self.family.twistable:
+            twistable = sorted(n for n, f in FAMILIES.items() if f.twistable)
+            raise RubikError(f"{self.base.name} ({self.base.family}) has no cube to twist; bases of the families "
+                             f"{', '.join(twistable)} can be twisted (rubik models lists them)")
         self.method = method
-        self.formula = formula if isinstance(formula, TinyFormula) else TinyFormula.load(formula)
+        if isinstance(formula, TinyFormula):
+            self.formula = formula
+        else:  # the family's own formula unless the user gives one
+            self.formula = TinyFormula.load(formula) if formula else TinyFormula.builtin(self.family.formula)
         self.base_macs = macs_of(self.base)
 
-    def _rules(self) -> ScalingRules:
-        if self.base.family != "mbconv":
-            return self.base.rules
+    def twist_rules(self):
+        """The rules twisted models are built with: the base's, with the tiny formula's where the family takes them."""
         if self.method == "giant":
             return self.base.rules
-        return replace(self.base.rules, **self.formula.rules)
+        return self.family.twist_rules(self.base.rules, self.formula.rules)
 
     def _start(self, c: float) -> tuple[ModelSpec, Prediction | None, float | None]:
         """The formula's (r, d) at c, before width is solved."""
@@ -116,8 +121,7 @@ class Twister:
             r, d, _ = giant(phi)
             pred = None
         resolution = max(MIN_RESOLUTION, round(self.base.resolution * r))
-        spec = replace(self.base, resolution=resolution, depth=self.base.depth * d, rules=self._rules(),
-                       paper={}, hub_id=None)
+        spec = replace(self.base, resolution=resolution, depth=self.base.depth * d, rules=self.twist_rules())
         return spec, pred, phi
 
     def _smallest_macs(self, c: float) -> int:

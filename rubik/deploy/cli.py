@@ -113,9 +113,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"# fp32 matmul peak on this machine: {peak:.1f} GMAC/s ({args.threads} thread); "
               "GMAC/s = MACs x batch / median latency; random weights unless --weights")
     if args.plot:
-        from ..models import MODELS
+        from ..models import MODELS, published
 
-        acc = {n: s.paper["top1"] / 100 for n, s in MODELS.items() if "top1" in s.paper}
+        acc = {n: published(s).top1 / 100 for n, s in MODELS.items() if published(s).top1 is not None}
         print(f"wrote {plot(rows, args.plot, acc)}")
 
 

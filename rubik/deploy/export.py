@@ -49,8 +49,8 @@ def preprocess_of(model: nn.Module, resolution: int | None = None) -> Preprocess
         if resolution is None:
             raise RubikError("the model carries no spec; pass resolution= to export it")
         return Preprocess(resolution)
-    return Preprocess(resolution or spec.resolution, spec.crop_pct, spec.interpolation, tuple(spec.mean),
-                      tuple(spec.std))
+    pre = spec.preprocess
+    return Preprocess(resolution or spec.resolution, pre.crop_pct, pre.interpolation, tuple(pre.mean), tuple(pre.std))
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -1,8 +1,24 @@
-"""Model builders: the MBConv (EfficientNet/TinyNet) and Ghost families, named models, weights."""
+"""Model builders: one family per file (MBConv, GhostNet, ...), the family table, named models, weights."""
 
+from .family import Family, FeatureInfo, FeatureNet, FeatureTap
 from .ghost import GhostNet
 from .mbconv import EFFICIENTNET_B0_STAGES, EFFICIENTNET_RULES, TINYNET_RULES, MBConvNet, MBStage, ScalingRules
-from .registry import MODELS, ModelSpec, UnknownModelError, build, get_spec, list_models
+from .registry import (
+                       FAMILIES,
+                       MODELS,
+                       PUBLISHED,
+                       ModelSpec,
+                       Preprocess,
+                       Published,
+                       UnknownModelError,
+                       build,
+                       features,
+                       get_spec,
+                       list_models,
+                       published,
+)
 
-__all__ = ["EFFICIENTNET_B0_STAGES", "EFFICIENTNET_RULES", "TINYNET_RULES", "MODELS", "GhostNet", "MBConvNet",
-           "MBStage", "ModelSpec", "ScalingRules", "UnknownModelError", "build", "get_spec", "list_models"]
+__all__ = ["EFFICIENTNET_B0_STAGES", "EFFICIENTNET_RULES", "FAMILIES", "MODELS", "PUBLISHED", "TINYNET_RULES",
+           "Family", "FeatureInfo", "FeatureNet", "FeatureTap", "GhostNet", "MBConvNet", "MBStage", "ModelSpec",
+           "Preprocess", "Published", "ScalingRules", "UnknownModelError", "build", "features", "get_spec",
+           "list_models", "published"]

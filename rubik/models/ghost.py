@@ -6,27 +6,55 @@ Names follow timm's GhostNet (itself the official PyTorch file's), so its checkp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from .family import Family, FeatureTap
 from .layers import Residual, SqueezeExcite, conv_bn, make_divisible, out_size
 from .mbconv import init_weights
 
-# GhostNet 1.0x (paper Table 7): rows of (kernel, expansion channels, out channels, SE ratio, stride).
-# Each inner list is one group of blocks (timm's `blocks.{group}.{index}`); depth scales groups.
+
+@dataclass(frozen=True)
+class GhostRow:
+    """One Ghost bottleneck of the base table (GhostNet 1.0x, paper Table 7)."""
+
+    kernel: int  # depthwise kernel (used only when the block strides, and in the shortcut)
+    expand: int  # expansion (hidden) channels
+    channels: int  # output channels
+    se_ratio: float  # squeeze-excite width as a fraction of the hidden channels (0: no SE)
+    stride: int
+
+
+def _group(*rows: tuple) -> tuple[GhostRow, ...]:
+    return tuple(GhostRow(*row) for row in rows)
+
+
+# Each group is a tuple of rows (timm's `blocks.{group}.{index}`); depth scales groups.
 GHOSTNET_GROUPS = (
-    ((3, 16, 16, 0, 1),),
-    ((3, 48, 24, 0, 2),),
-    ((3, 72, 24, 0, 1),),
-    ((5, 72, 40, 0.25, 2),),
-    ((5, 120, 40, 0.25, 1),),
-    ((3, 240, 80, 0, 2),),
-    ((3, 200, 80, 0, 1), (3, 184, 80, 0, 1), (3, 184, 80, 0, 1), (3, 480, 112, 0.25, 1), (3, 672, 112, 0.25, 1)),
-    ((5, 672, 160, 0.25, 2),),
-    ((5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1), (5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1)),
+    _group((3, 16, 16, 0, 1)),
+    _group((3, 48, 24, 0, 2)),
+    _group((3, 72, 24, 0, 1)),
+    _group((5, 72, 40, 0.25, 2)),
+    _group((5, 120, 40, 0.25, 1)),
+    _group((3, 240, 80, 0, 2)),
+    _group((3, 200, 80, 0, 1), (3, 184, 80, 0, 1), (3, 184, 80, 0, 1), (3, 480, 112, 0.25, 1), (3, 672, 112, 0.25, 1)),
+    _group((5, 672, 160, 0.25, 2)),
+    _group((5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1), (5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1)),
 )
+
+
+@dataclass(frozen=True)
+class GhostRules:
+    """GhostNet's scaling: every width rounds to a multiple of `divisor`; the head stays `head_channels`.
+
+    Depth scales each group (Python's round of blocks x depth, at least one): see `scale_group`.
+    """
+
+    divisor: int = 4
+    head_channels: int = 1280
 
 
 class GhostModule(nn.Module):
@@ -86,7 +114,7 @@ class ConvBnAct(nn.Module):
         return self.act(self.bn1(self.conv(x)))
 
 
-def scale_group(group: tuple, depth: float) -> tuple:
+def scale_group(group: tuple[GhostRow, ...], depth: float) -> tuple[GhostRow, ...]:
     """Depth-scale one group: repeat its last block to grow, drop its middle blocks to shrink.
 
     The group's first block (which may stride) and last block (which sets the output width) stay,
@@ -94,9 +122,9 @@ def scale_group(group: tuple, depth: float) -> tuple:
     """
     n = max(1, round(len(group) * depth))
     if n >= len(group):
-        return group + (group[-1][:4] + (1,),) * (n - len(group))  # repeats never stride
+        return group + (replace(group[-1], stride=1),) * (n - len(group))  # repeats never stride
     if n == 1:
-        return (group[-1][:4] + (group[0][4],),)  # the survivor inherits the group's stride
+        return (replace(group[-1], stride=group[0].stride),)  # the survivor inherits the group's stride
     return group[: n - 1] + (group[-1],)
 
 
@@ -118,22 +146,25 @@ class GhostPlan:
     head: int
 
 
-def plan_ghostnet(width: float = 1.0, depth: float = 1.0, groups: tuple = GHOSTNET_GROUPS,
-                  head_channels: int = 1280) -> GhostPlan:
+def plan_ghostnet(width: float = 1.0, depth: float = 1.0, rules: GhostRules = GhostRules(),
+                  groups: tuple = GHOSTNET_GROUPS, head_channels: int | None = None) -> GhostPlan:
     """Scale the GhostNet table: the single place where width and depth become channels and blocks."""
+    if head_channels is not None:
+        rules = replace(rules, head_channels=head_channels)
     if width <= 0 or depth <= 0:
         raise ValueError(f"width and depth multipliers must be positive, got width={width}, depth={depth}")
-    stem = in_ch = make_divisible(16 * width, 4)
+    div = rules.divisor
+    stem = in_ch = make_divisible(16 * width, div)
     planned = []
     for group in groups:
         blocks = []
-        for kernel, exp, out, se_ratio, stride in scale_group(group, depth):
-            out_ch, mid_ch = make_divisible(out * width, 4), make_divisible(exp * width, 4)
-            se_ch = make_divisible(mid_ch * se_ratio, 4) if se_ratio else 0
-            blocks.append(GhostBlockPlan(in_ch, mid_ch, out_ch, kernel, stride, se_ch))
+        for row in scale_group(group, depth):
+            out_ch, mid_ch = make_divisible(row.channels * width, div), make_divisible(row.expand * width, div)
+            se_ch = make_divisible(mid_ch * row.se_ratio, div) if row.se_ratio else 0
+            blocks.append(GhostBlockPlan(in_ch, mid_ch, out_ch, row.kernel, row.stride, se_ch))
             in_ch = out_ch
         planned.append(tuple(blocks))
-    return GhostPlan(stem, tuple(planned), make_divisible(groups[-1][-1][1] * width, 4), head_channels)
+    return GhostPlan(stem, tuple(planned), make_divisible(groups[-1][-1].expand * width, div), rules.head_channels)
 
 
 def ghost_plan_macs(plan: GhostPlan, resolution: int, num_classes: int = 1000, in_chans: int = 3) -> int:
@@ -159,11 +190,12 @@ def ghost_plan_macs(plan: GhostPlan, resolution: int, num_classes: int = 1000, i
 
 
 class GhostNet(nn.Module):
-    def __init__(self, width: float = 1.0, depth: float = 1.0, groups: tuple = GHOSTNET_GROUPS,
-                 num_classes: int = 1000, drop_rate: float = 0.2, in_chans: int = 3, head_channels: int = 1280):
+    def __init__(self, width: float = 1.0, depth: float = 1.0, rules: GhostRules = GhostRules(),
+                 num_classes: int = 1000, drop_rate: float = 0.2, in_chans: int = 3, groups: tuple = GHOSTNET_GROUPS):
         super().__init__()
         self.num_classes = num_classes
-        self.plan = plan = plan_ghostnet(width, depth, groups, head_channels)
+        self.plan = plan = plan_ghostnet(width, depth, rules, groups)
+        head_channels = plan.head
         self.conv_stem, self.bn1 = conv_bn(in_chans, plan.stem, 3, 2)
         self.act1 = nn.ReLU(inplace=True)
         stages = [nn.Sequential(*(GhostBottleneck(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch)
@@ -193,3 +225,37 @@ class GhostNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         init_weights(self.classifier)
+
+
+# The official GhostNet file spells the last ConvBnAct's BatchNorm `bn.`; timm (and rubik) `bn1.`.
+_OFFICIAL_BN = re.compile(r"^(blocks\.\d+\.\d+\.)bn\.")
+
+
+def _key_filter(state: dict) -> dict:
+    return {_OFFICIAL_BN.sub(r"\1bn1.", k): v for k, v in state.items()}
+
+
+def _build(spec, num_classes: int = 1000, **kwargs) -> GhostNet:
+    kwargs.pop("drop_connect_rate", None)  # GhostNet has no stochastic depth
+    return GhostNet(spec.width, spec.depth, spec.rules, num_classes=num_classes, **kwargs)
+
+
+def _features(model: GhostNet) -> tuple[FeatureTap, ...]:
+    # timm's GhostNet features: the stem convolution's output (before its BatchNorm), then each group
+    # that strides (blocks.1, 3, 5, 7 at 1.0x), at the group's output.
+    plan = model.plan
+    taps, reduction = [FeatureTap("conv_stem", plan.stem, 2)], 2
+    for i, group in enumerate(plan.groups):
+        if group[0].stride > 1:
+            reduction *= group[0].stride
+            taps.append(FeatureTap(f"blocks.{i}", group[-1].out_ch, reduction))
+    return tuple(taps)
+
+
+FAMILY = Family(
+    name="ghostnet", stages=GHOSTNET_GROUPS, rules=GhostRules,
+    plan=lambda width, depth, rules: plan_ghostnet(width, depth, rules),
+    macs=ghost_plan_macs, build=_build, features=_features, classifier=("classifier",), key_filter=_key_filter,
+    formula="tinynet_paper.json", formula_rules=False,
+    # Before families had their own rules, GhostNet specs carried MBConv's (ignored by the builder).
+    legacy_rule_keys=frozenset({"depth_rounding", "stem", "head", "stem_channels"}))

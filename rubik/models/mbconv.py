@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .family import Family, FeatureTap, strided_taps
 from .layers import Residual, SqueezeExcite, conv_bn, drop_connect, make_divisible, out_size
 
 
@@ -44,6 +45,7 @@ class ScalingRules:
     head_channels: int = 1280
 
 
+MBConvRules = ScalingRules  # the family's rules dataclass under its family's name
 EFFICIENTNET_RULES = ScalingRules()
 TINYNET_RULES = ScalingRules(depth_rounding="round", stem="fixed", head="at_least_base")
 
@@ -246,3 +248,20 @@ def init_weights(module: nn.Module) -> None:
             bound = 1.0 / math.sqrt(m.in_features)
             nn.init.uniform_(m.weight, -bound, bound)
             nn.init.zeros_(m.bias)
+
+
+def _build(spec, num_classes: int = 1000, **kwargs) -> MBConvNet:
+    return MBConvNet(EFFICIENTNET_B0_STAGES, spec.width, spec.depth, spec.rules, num_classes, **kwargs)
+
+
+def _features(model: MBConvNet) -> tuple[FeatureTap, ...]:
+    # timm's EfficientNetFeatures: the end of the last stage at each stride (blocks.0, 1, 2, 4, 6 for B0).
+    steps = [(f"blocks.{i}", stage[-1].out_ch, stage[0].stride) for i, stage in enumerate(model.plan.stages)]
+    return strided_taps(steps, first_reduction=2)
+
+
+FAMILY = Family(
+    name="mbconv", stages=EFFICIENTNET_B0_STAGES, rules=ScalingRules,
+    plan=lambda width, depth, rules: plan_network(EFFICIENTNET_B0_STAGES, width, depth, rules),
+    macs=plan_macs, build=_build, features=_features, classifier=("classifier",),
+    formula="tinynet_paper.json", formula_rules=True)

@@ -8,83 +8,53 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..errors import RubikError
-from .ghost import GhostNet
-from .mbconv import EFFICIENTNET_B0_STAGES, EFFICIENTNET_RULES, TINYNET_RULES, MBConvNet, ScalingRules
+from . import ghost, mbconv, tvbaseline
+from .family import Family, FeatureNet
+from .mbconv import TINYNET_RULES
+from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, Published
+from .tvbaseline import TorchvisionRules
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FAMILIES = ("mbconv", "ghostnet", "torchvision")
+# The only place that knows the family names: a spec's `family` is a key here.
+FAMILIES: dict[str, Family] = {
+    "mbconv": mbconv.FAMILY,
+    "ghostnet": ghost.FAMILY,
+    "torchvision": tvbaseline.FAMILY,
+}
+
+MODELS: dict[str, ModelSpec] = {}  # named models
+PUBLISHED: dict[str, Published] = {}  # published figures and official weights, by model name
+
+__all__ = ["FAMILIES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "PUBLISHED", "ModelSpec", "Preprocess",
+           "Published", "UnknownModelError", "build", "get_spec", "list_models", "published", "register"]
 
 
 class UnknownModelError(RubikError):
     """A model name that is not registered (the message suggests close names)."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to build a model and feed it: architecture point plus preprocessing."""
-
-    name: str
-    family: str = "mbconv"
-    width: float = 1.0
-    depth: float = 1.0
-    resolution: int = 224
-    rules: ScalingRules = EFFICIENTNET_RULES
-    drop_rate: float = 0.2
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    # Published ImageNet-1k figures, for comparison tables (None where the paper gives none).
-    paper: dict[str, float] = field(default_factory=dict)
-    hub_id: str | None = None  # official weights on the Hugging Face hub (timm's copies)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["rules"] = asdict(self.rules)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RubikError(f"model spec has unknown field(s) {unknown}; valid fields: {sorted(known)}")
-        data = dict(data)
-        if "name" not in data:
-            raise RubikError("model spec needs a 'name' field")
-        if data.get("family", "mbconv") not in FAMILIES:
-            raise RubikError(f"model spec field 'family' must be one of {FAMILIES}, got {data['family']!r}")
-        for key in ("width", "depth"):
-            if key in data and not (isinstance(data[key], (int, float)) and data[key] > 0):
-                raise RubikError(f"model spec field '{key}' must be a positive number, got {data[key]!r}")
-        if "resolution" in data and not (isinstance(data["resolution"], int) and data["resolution"] >= 8):
-            raise RubikError(f"model spec field 'resolution' must be an integer >= 8, got {data['resolution']!r}")
-        if isinstance(data.get("rules"), dict):
-            data["rules"] = ScalingRules(**data["rules"])
-        for key in ("mean", "std"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+def register(spec: ModelSpec, published: Published | None = None) -> ModelSpec:
+    """Add a named model (and what was published about it) to the registry."""
+    MODELS[spec.name] = spec
+    if published is not None:
+        PUBLISHED[spec.name] = published
+    return spec
 
 
-def _paper(macs: float, params: float, top1: float | None = None) -> dict[str, float]:
-    out = {"macs_m": macs, "params_m": params}
-    if top1 is not None:
-        out["top1"] = top1
-    return out
+def published(spec: ModelSpec) -> Published:
+    """The published figures for a spec: only a registered model's own architecture has them."""
+    named = MODELS.get(spec.name)
+    same = named is not None and (named.family, named.width, named.depth, named.rules) == \
+        (spec.family, spec.width, spec.depth, spec.rules)
+    return PUBLISHED.get(spec.name, Published()) if same else Published()
 
 
-def _registry() -> dict[str, ModelSpec]:
-    specs = []
+def _register_all() -> None:
     # EfficientNet B0..B7: the published (width, depth, resolution, dropout), hand-rounded by the authors.
     effnet = [(1.0, 1.0, 224, 0.2, 390, 5.3, 77.1, "timm/efficientnet_b0.ra_in1k"),
               (1.0, 1.1, 240, 0.2, 700, 7.8, 79.1, "timm/efficientnet_b1.ft_in1k"),
@@ -95,32 +65,32 @@ def _registry() -> dict[str, ModelSpec]:
               (1.8, 2.6, 528, 0.5, 19000, 43, 84.0, None),
               (2.0, 3.1, 600, 0.5, 37000, 66, 84.3, None)]
     for i, (w, d, r, drop, macs, params, top1, hub) in enumerate(effnet):
-        specs.append(ModelSpec(f"efficientnet_b{i}", width=w, depth=d, resolution=r, drop_rate=drop,
-                               paper=_paper(macs, params, top1), hub_id=hub))
+        register(ModelSpec(f"efficientnet_b{i}", width=w, depth=d, resolution=r, drop_rate=drop),
+                 Published(hub, macs, params, top1))
     # The TinyNet paper's inverse giant formula, phi = -1..-4: see INVERSE_GIANT_WIDTHS.
     for phi, w in INVERSE_GIANT_WIDTHS.items():
         d, r = 1.2 ** -phi, round(224 * 1.15 ** -phi)
-        paper = _paper(24, 1.3, 56.7) if phi == 4 else {}
-        specs.append(ModelSpec(f"efficientnet_b_{phi}", width=w, depth=d, resolution=r, paper=paper))
+        register(ModelSpec(f"efficientnet_b_{phi}", width=w, depth=d, resolution=r),
+                 Published(None, 24, 1.3, 56.7) if phi == 4 else None)
     # TinyNet A..E (Han et al. 2020, Table 3; (w, d, r) as in the official code).
     tiny = [("a", 1.0, 1.2, 192, 339, 6.2, 76.8), ("b", 0.75, 1.1, 188, 202, 3.7, 75.0),
             ("c", 0.54, 0.85, 184, 100, 2.5, 71.2), ("d", 0.54, 0.695, 152, 52, 2.3, 67.0),
             ("e", 0.51, 0.6, 106, 24, 2.0, 59.9)]
     for letter, w, d, r, macs, params, top1 in tiny:
-        specs.append(ModelSpec(f"tinynet_{letter}", width=w, depth=d, resolution=r, rules=TINYNET_RULES,
-                               paper=_paper(macs, params, top1), hub_id=f"timm/tinynet_{letter}.in1k"))
+        register(ModelSpec(f"tinynet_{letter}", width=w, depth=d, resolution=r, rules=TINYNET_RULES),
+                 Published(f"timm/tinynet_{letter}.in1k", macs, params, top1))
     # GhostNet 0.5x / 1.0x / 1.3x (Han et al. 2020, Table 7).
+    bilinear = Preprocess(interpolation="bilinear")
     for tag, w, macs, params, top1, hub in (("050", 0.5, 42, 2.6, 66.2, None),
                                             ("100", 1.0, 141, 5.2, 73.9, "timm/ghostnet_100.in1k"),
                                             ("130", 1.3, 226, 7.3, 75.7, None)):
-        specs.append(ModelSpec(f"ghostnet_{tag}", family="ghostnet", width=w, interpolation="bilinear",
-                               paper=_paper(macs, params, top1), hub_id=hub))
+        register(ModelSpec(f"ghostnet_{tag}", family="ghostnet", width=w, preprocess=bilinear),
+                 Published(hub, macs, params, top1))
     # Baselines from torchvision, as they are (for comparison tables).
-    specs.append(ModelSpec("mobilenetv3_large_100", family="torchvision", interpolation="bilinear",
-                           paper=_paper(219, 5.4, 75.2)))
-    specs.append(ModelSpec("mobilenetv3_small_100", family="torchvision", interpolation="bilinear",
-                           paper=_paper(56, 2.5, 67.4)))
-    return {s.name: s for s in specs}
+    register(ModelSpec("mobilenetv3_large_100", family="torchvision", preprocess=bilinear,
+                       rules=TorchvisionRules("mobilenet_v3_large")), Published(None, 219, 5.4, 75.2))
+    register(ModelSpec("mobilenetv3_small_100", family="torchvision", preprocess=bilinear,
+                       rules=TorchvisionRules("mobilenet_v3_small")), Published(None, 56, 2.5, 67.4))
 
 
 # EfficientNet-B-phi (TinyNet paper): r = 224 x 1.15^phi, d = 1.2^phi with B0's rules (ceil depth,
@@ -130,7 +100,7 @@ def _registry() -> dict[str, ModelSpec]:
 # and even one block per stage stays above 26 M. Solved widths (tests/test_models.py re-solves them):
 INVERSE_GIANT_WIDTHS = {1: 0.725, 2: 0.56, 3: 0.485, 4: 0.48}
 
-MODELS = _registry()
+_register_all()
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -166,16 +136,12 @@ def get_spec(model: str | dict | Path | ModelSpec) -> ModelSpec:
 def build(spec: ModelSpec, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     """Build the architecture a spec describes, with fresh weights."""
     kwargs.setdefault("drop_rate", spec.drop_rate)
-    if spec.family == "mbconv":
-        model = MBConvNet(EFFICIENTNET_B0_STAGES, spec.width, spec.depth, spec.rules, num_classes, **kwargs)
-    elif spec.family == "ghostnet":
-        kwargs.pop("drop_connect_rate", None)  # GhostNet has no stochastic depth
-        model = GhostNet(spec.width, spec.depth, num_classes=num_classes, **kwargs)
-    else:
-        import torchvision.models as tvm
-
-        builder = {"mobilenetv3_large_100": tvm.mobilenet_v3_large,
-                   "mobilenetv3_small_100": tvm.mobilenet_v3_small}[spec.name]
-        model = builder(num_classes=num_classes, dropout=kwargs.get("drop_rate", 0.2))
+    model = FAMILIES[spec.family].build(spec, num_classes=num_classes, **kwargs)
     model.spec = spec
     return model
+
+
+def features(model: nn.Module, out_indices: tuple[int, ...] | None = None) -> FeatureNet:
+    """A built model cut to its multi-scale feature maps (strides 2..32, timm's tap points)."""
+    family = FAMILIES[model.spec.family]
+    return FeatureNet(model, family.features(model), out_indices)

@@ -1,9 +1,9 @@
 """Loading weights: official checkpoints from the hub, or a local .safetensors / .pth file.
 
-State-dict keys are timm's, so official checkpoints load unchanged. The only renames
-(`KEY_RENAMES`) undo wrappers and old spellings: a DistributedDataParallel `module.` prefix, and
-the official GhostNet file's `bn.` inside the last ConvBnAct (timm's `bn1.`). Counters left by the
-`thop` FLOP counter (`total_ops`, `total_params`) are dropped.
+State-dict keys are timm's, so official checkpoints load unchanged. The only generic rename
+(`KEY_RENAMES`) undoes a DistributedDataParallel `module.` prefix, and counters left by the `thop`
+FLOP counter (`total_ops`, `total_params`) are dropped; a family's own old spellings (the official
+GhostNet file's `bn.`) are its `Family.key_filter`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
-from .registry import MODELS, ModelSpec, build, get_spec
+from .registry import FAMILIES, MODELS, ModelSpec, build, features, get_spec, published
 
-KEY_RENAMES = ((re.compile(r"^module\."), ""), (re.compile(r"^(blocks\.\d+\.\d+\.)bn\."), r"\1bn1."))
+KEY_RENAMES = ((re.compile(r"^module\."), ""),)
 DROPPED_KEYS = re.compile(r"(total_ops|total_params)$")
-CLASSIFIER_KEYS = ("classifier.", "fc.")
 
 
 class WeightsError(RubikError):
@@ -69,7 +68,8 @@ def _unwrap(data: Any, path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
-def normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def normalise_keys(state: dict[str, torch.Tensor], family: str | None = None) -> dict[str, torch.Tensor]:
+    """Generic renames for every checkpoint, then the family's own key filter."""
     out = {}
     for key, value in state.items():
         if DROPPED_KEYS.search(key):
@@ -77,7 +77,8 @@ def normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for pattern, repl in KEY_RENAMES:
             key = pattern.sub(repl, key)
         out[key] = value
-    return out
+    key_filter = FAMILIES[family].key_filter if family in FAMILIES else None
+    return key_filter(out) if key_filter else out
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> list[str]:
@@ -85,9 +86,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
 
     Returns the keys that were skipped (the classifier, when num_classes differs).
     """
-    state = normalise_keys(state)
+    spec = getattr(model, "spec", None)
+    family = FAMILIES.get(getattr(spec, "family", None))
+    state = normalise_keys(state, family.name if family else None)
     own = model.state_dict()
-    skipped = [k for k in state if k.startswith(CLASSIFIER_KEYS) and k in own and state[k].shape != own[k].shape]
+    heads = tuple(f"{name}." for name in family.classifier) if family else ("classifier.", "fc.")
+    skipped = [k for k in state if k.startswith(heads) and k in own and state[k].shape != own[k].shape]
     for k in skipped:
         del state[k]
     missing = [k for k in own if k not in state and k not in skipped]
@@ -111,25 +115,30 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
 
 def download(spec: ModelSpec) -> Path:
     """Fetch the official ImageNet-1k weights for a named model from the Hugging Face hub."""
-    if not spec.hub_id:
-        have = ", ".join(n for n, s in MODELS.items() if s.hub_id)
+    hub_id = published(spec).hub_id
+    if not hub_id:
+        have = ", ".join(n for n, s in MODELS.items() if published(s).hub_id)
         raise WeightsError(f"no official pretrained weights for {spec.name}; they exist for: {have}")
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(spec.hub_id, "model.safetensors"))
+        return Path(hf_hub_download(hub_id, "model.safetensors"))
     except Exception as e:  # offline, DNS failure, hub error: all mean the same thing to the user
-        raise WeightsError(f"could not download {spec.hub_id} from the Hugging Face hub ({type(e).__name__}); with "
+        raise WeightsError(f"could not download {hub_id} from the Hugging Face hub ({type(e).__name__}); with "
                            "no network, pass a local file: weights='FILE.safetensors' (CLI: --weights FILE)") from None
 
 
 def create_model(model: str | dict | Path | ModelSpec, num_classes: int = 1000, pretrained: bool = False,
-                 weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
+                 weights: str | Path | None = None, features_only: bool = False,
+                 out_indices: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
     """Build a named model (or a spec dict / JSON file) and optionally load weights.
 
     `pretrained=True` loads the official ImageNet-1k weights; `weights=PATH` a local file. With a
     `num_classes` other than the file's, everything but the classifier is loaded.
     The model's `spec` attribute carries its input resolution and preprocessing.
+    `features_only=True` returns the backbone cut to its feature maps at strides 2, 4, 8, 16, 32
+    (timm's tap points and channels; `out_indices` selects maps, `.feature_info` describes them);
+    the weights' head and classifier are ignored.
     """
     spec = get_spec(model)
     net = build(spec, num_classes=num_classes, **kwargs)
@@ -137,6 +146,10 @@ def create_model(model: str | dict | Path | ModelSpec, num_classes: int = 1000, 
         weights = download(spec)
     if weights is not None:
         load_weights(net, read_state_dict(weights), source=f"weights file {weights}")
+    if features_only:
+        return features(net, out_indices)
+    if out_indices is not None:
+        raise WeightsError("out_indices selects feature maps: it needs features_only=True")
     return net
 
 

@@ -193,13 +193,15 @@ def settings_of(study) -> SearchSettings:
 
 def base_spec(settings: SearchSettings):
     """The base model, at the study's base resolution."""
-    from ..models import get_spec
+    from ..models import FAMILIES, get_spec
 
     base = get_spec(settings.base)
-    if base.family not in ("mbconv", "ghostnet"):
-        raise RubikError(f"{base.name} has no cube to search; bases: efficientnet_*, tinynet_*, ghostnet_*")
+    if not FAMILIES[base.family].twistable:
+        twistable = sorted(n for n, f in FAMILIES.items() if f.twistable)
+        raise RubikError(f"{base.name} ({base.family}) has no cube to search; bases of the families "
+                         f"{', '.join(twistable)} can be searched")
     res = settings.base_resolution or base.resolution
-    return replace(base, resolution=res, paper={}, hub_id=None)
+    return replace(base, resolution=res)
 
 
 def sobol_points(seed: int, stream: int, count: int) -> list[tuple[float, float]]:
@@ -252,9 +254,7 @@ def twisted_spec(settings: SearchSettings, c: float, r: float, d: float, kind: s
     from ..cube.solve import macs_of, solve
 
     base = base_spec(settings)
-    rules = base.rules
-    if base.family == "mbconv" and kind != "giant":
-        rules = replace(base.rules, **formula_rules_twister(settings).formula.rules)
+    rules = base.rules if kind == "giant" else formula_rules_twister(settings).twist_rules()
     resolution = max(MIN_TRAIN_RESOLUTION, round(base.resolution * r))
     start = replace(base, name=f"{base.name}_c{c:g}_r{r:.3f}_d{d:.3f}", resolution=resolution,
                     depth=base.depth * d, rules=rules)
@@ -268,9 +268,7 @@ def check_budgets(settings: SearchSettings) -> None:
     from ..cube.solve import WIDTH_RANGE, macs_of
 
     base = base_spec(settings)
-    rules = base.rules
-    if base.family == "mbconv":
-        rules = replace(base.rules, **formula_rules_twister(settings).formula.rules)
+    rules = formula_rules_twister(settings).twist_rules()
     r_lo, d_lo = settings.r_range[0], settings.d_range[0]
     smallest = replace(base, resolution=max(MIN_TRAIN_RESOLUTION, round(base.resolution * r_lo)),
                        depth=base.depth * d_lo, width=WIDTH_RANGE[0], rules=rules)

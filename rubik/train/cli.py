@@ -159,7 +159,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                          "evaluate on a folder with the same class folders the model was trained on")
     if len(classes) != num_classes:
         raise RubikError(f"the data has {len(classes)} classes but the model predicts {num_classes}")
-    tf = eval_transform(resolution, spec.mean, spec.std, spec.crop_pct, spec.interpolation)
+    pre = spec.preprocess
+    tf = eval_transform(resolution, pre.mean, pre.std, pre.crop_pct, pre.interpolation)
     loader = DataLoader(Transformed(base, tf), batch_size=args.batch_size, num_workers=args.workers,
                         collate_fn=collate)
     try:
@@ -201,7 +202,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     net = _load(args.weights, args.model)
     spec = net.spec
-    tf = eval_transform(spec.resolution, spec.mean, spec.std, spec.crop_pct, spec.interpolation)
+    pre = spec.preprocess
+    tf = eval_transform(spec.resolution, pre.mean, pre.std, pre.crop_pct, pre.interpolation)
     batch = torch.stack(_images(args.images, tf))
     with torch.no_grad():
         probs = net(batch).softmax(1)
@@ -226,7 +228,8 @@ def cmd_cam(args: argparse.Namespace) -> None:
 
     net = _load(args.weights, args.model)
     spec = net.spec
-    tf = eval_transform(spec.resolution, spec.mean, spec.std, spec.crop_pct, spec.interpolation)
+    pre = spec.preprocess
+    tf = eval_transform(spec.resolution, pre.mean, pre.std, pre.crop_pct, pre.interpolation)
     (image,) = _images([args.image], tf)
     if not hasattr(net, "forward_features"):
         raise RubikError(f"cam needs a model with forward_features/forward_head (MBConv or GhostNet), not {spec.name}")
@@ -245,7 +248,7 @@ def cmd_cam(args: argparse.Namespace) -> None:
     if out.resolve() == Path(args.image).resolve():
         raise RubikError(f"--out {out} is the input image; choose another file name")
     label = names[cls] if names else str(cls)
-    save_overlay(image, cam, spec.mean, spec.std, out, title=f"{label} ({prob * 100:.1f}%)")
+    save_overlay(image, cam, spec.preprocess.mean, spec.preprocess.std, out, title=f"{label} ({prob * 100:.1f}%)")
     print(f"class {label} ({prob * 100:.1f}%): activation map saved to {out}")
 
 

@@ -121,8 +121,10 @@ class Trainer:
         torch.manual_seed(c.seed)  # the same initial weights on every process
 
         spec = get_spec(c.model)
+        pre = spec.preprocess
         self.spec = replace(spec, resolution=c.resolution or spec.resolution,
-                            crop_pct=c.crop_pct or spec.crop_pct, interpolation=c.interpolation or spec.interpolation)
+                            preprocess=replace(pre, crop_pct=c.crop_pct or pre.crop_pct,
+                                               interpolation=c.interpolation or pre.interpolation))
         self.data = open_data(c.data, self.spec.resolution, c.val_split, c.seed, c.strict)
         self.num_classes = len(self.data.classes)
         self.net = build(self.spec, num_classes=self.num_classes, drop_rate=c.drop_rate,
@@ -208,8 +210,8 @@ class Trainer:
                                  "or --pretrained")
             n = min(c.qat_calib_images, len(self.data.train))
             order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(c.seed))[:n]
-            tf = eval_transform(self.spec.resolution, self.spec.mean, self.spec.std, self.spec.crop_pct,
-                                self.spec.interpolation)
+            pre = self.spec.preprocess
+            tf = eval_transform(self.spec.resolution, pre.mean, pre.std, pre.crop_pct, pre.interpolation)
             loader = DataLoader(Transformed(self.data.train, tf), batch_size=min(c.batch_size, 64),
                                 sampler=order.tolist(), collate_fn=collate)
             fmt = torch.channels_last if c.channels_last else torch.preserve_format
@@ -226,12 +228,12 @@ class Trainer:
 
     def _build_loaders(self) -> None:
         c, d = self.c, self.d
-        mean, std = self.spec.mean, self.spec.std
-        res, interp = self.spec.resolution, self.spec.interpolation
+        mean, std = self.spec.preprocess.mean, self.spec.preprocess.std
+        res, interp = self.spec.resolution, self.spec.preprocess.interpolation
         train_tf = train_transform(res, mean, std, scale=c.crop_scale, ratio=c.crop_ratio, interpolation=interp,
                                    hflip=c.hflip, color_jitter=c.color_jitter, randaugment=c.randaugment,
                                    ra_ops=c.randaugment_ops, ra_magnitude=c.randaugment_magnitude)
-        val_tf = eval_transform(res, mean, std, self.spec.crop_pct, interp)
+        val_tf = eval_transform(res, mean, std, self.spec.preprocess.crop_pct, interp)
         self.train_sampler = EpochSampler(len(self.data.train), c.seed, d.rank, d.world_size)
         per_rank = self.train_sampler.per_rank
         self.steps_per_epoch = per_rank // c.batch_size // c.accum_steps
