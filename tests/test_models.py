@@ -19,6 +19,8 @@ PUBLISHED = {
     "tinynet_a": (339, 6.2), "tinynet_b": (202, 3.7), "tinynet_c": (100, 2.5), "tinynet_d": (52, 2.3),
     "tinynet_e": (24, 2.0), "ghostnet_050": (42, 2.6), "ghostnet_100": (141, 5.2), "ghostnet_130": (226, 7.3),
     "mobilenetv3_large_100": (219, 5.4), "mobilenetv3_small_100": (56, 2.5),  # torchvision's, as published
+    # ResNet: He et al.'s 1.8 / 3.6 GMACs; 4.1 / 7.8 for the v1.5 layout of 50 / 101 (torchvision's figures)
+    "resnet18": (1800, 11.7), "resnet34": (3600, 21.8), "resnet50": (4100, 25.6), "resnet101": (7800, 44.5),
 }
 TF_COUNTED = {f"efficientnet_b{i}" for i in range(2, 8)}
 

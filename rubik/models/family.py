@@ -24,13 +24,12 @@ Fields (see `Family` for types):
   by child). A tap's output is what that module returns. `FeatureNet` does the rest.
 - `classifier`: the classifier's module name(s), whose keys are skipped when a checkpoint has
   another class count and ignored for `features_only`.
-- `head`: module names after the last feature tap that `features_only` drops (with the classifier).
 - `key_filter(state)`: renames of this family's checkpoint keys (old spellings); the generic
   filter (a DDP `module.` prefix, `thop` counters) is applied before it for every family.
 - `twistable`: whether `rubik twist` / `rubik search` may scale this family.
 - `formula`: the built-in formula file (rubik/cube/formulas/) a twist of this family starts from.
 - `formula_rules`: whether a formula file's `rules` (e.g. TinyNet's depth rounding) apply to this
-  family's rules when twisting with the tiny formula.
+  family's rules when twisting with the tiny formula (keys the family's rules lack are ignored).
 - `legacy_rule_keys`: rule keys that earlier versions wrote into this family's specs and that are
   now ignored (so old model.json files still load).
 """
@@ -100,9 +99,11 @@ class Family:
 
     def twist_rules(self, rules: Any, formula_rules: dict[str, Any]) -> Any:
         """The rules a tiny-formula twist builds with: the base's, updated by the formula's where they apply."""
-        if not self.formula_rules or not formula_rules:
+        known = {f.name for f in fields(self.rules)}
+        update = {k: v for k, v in formula_rules.items() if k in known}  # a formula fitted on another family
+        if not self.formula_rules or not update:
             return rules
-        return self.parse_rules({**asdict(rules), **formula_rules})
+        return self.parse_rules({**asdict(rules), **update})
 
 
 class FeatureInfo:

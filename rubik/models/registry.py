@@ -14,9 +14,10 @@ from typing import Any
 from torch import nn
 
 from ..errors import RubikError
-from . import ghost, mbconv, tvbaseline
+from . import ghost, mbconv, resnet, tvbaseline
 from .family import Family, FeatureNet
 from .mbconv import TINYNET_RULES
+from .resnet import ResNetRules
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, Published
 from .tvbaseline import TorchvisionRules
 
@@ -24,6 +25,7 @@ from .tvbaseline import TorchvisionRules
 FAMILIES: dict[str, Family] = {
     "mbconv": mbconv.FAMILY,
     "ghostnet": ghost.FAMILY,
+    "resnet": resnet.FAMILY,
     "torchvision": tvbaseline.FAMILY,
 }
 
@@ -86,6 +88,16 @@ def _register_all() -> None:
                                             ("130", 1.3, 226, 7.3, 75.7, None)):
         register(ModelSpec(f"ghostnet_{tag}", family="ghostnet", width=w, preprocess=bilinear),
                  Published(hub, macs, params, top1))
+    # ResNet-18/34/50/101 (He et al. 2016) in timm's default layout (v1.5), with timm's A1 weights
+    # (Wightman et al. 2021, "ResNet strikes back"), evaluated at crop 0.95 bicubic as timm does.
+    # MACs: the paper's 1.8 / 3.6 G for 18 / 34; 4.1 / 7.8 G for the v1.5 50 / 101 (torchvision's
+    # figures: the paper's 3.8 / 7.6 G are for v1, which strides in the first 1x1). Params and top-1
+    # are torchvision's published figures for the original recipe (single 224 crop).
+    rsb = Preprocess(crop_pct=0.95, interpolation="bicubic")
+    for depth, macs, params, top1, tag in ((18, 1800, 11.7, 69.8, "a1_in1k"), (34, 3600, 21.8, 73.3, "a1_in1k"),
+                                           (50, 4100, 25.6, 76.1, "a1_in1k"), (101, 7800, 44.5, 77.4, "a1h_in1k")):
+        register(ModelSpec(f"resnet{depth}", family="resnet", rules=ResNetRules(base=f"resnet{depth}"),
+                           drop_rate=0.0, preprocess=rsb), Published(f"timm/resnet{depth}.{tag}", macs, params, top1))
     # Baselines from torchvision, as they are (for comparison tables).
     register(ModelSpec("mobilenetv3_large_100", family="torchvision", preprocess=bilinear,
                        rules=TorchvisionRules("mobilenet_v3_large")), Published(None, 219, 5.4, 75.2))
