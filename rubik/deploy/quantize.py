@@ -15,7 +15,13 @@ The recipe (see benchmarks/deploy.py for the measurements behind it):
   each candidate boundary's top-1 agreement with fp32 is measured, and only candidates within half a
   point of the best agreement compete on speed. Quantizing the first layers of a model trained
   briefly can flip several % of its predictions when the later ones flip almost none.
-- MinMax calibration on real images, `calib_n` of them (default 256).
+- Calibration on real images, `calib_n` of them (default 256): rubik measures each activation's range
+  itself (`activation_ranges`: MinMax, or Percentile of |x|) and hands the ranges to ORT's quantizer,
+  so a tensor whose range is degenerate (an untrained model's vanishing activations) calibrates like
+  any other instead of breaking a 2048-bin float32 histogram.
+
+`quantize_int8` runs four steps, each its own function: calibration choice (`choose_calibration`),
+boundary candidates (`boundary_candidates`), selection (`choose_boundary`), writing (`write_int8`).
 """
 
 from __future__ import annotations
@@ -23,20 +29,42 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import statistics
 import tempfile
-import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RubikError
+from ..timing import median_ms
 from .export import open_session
 from .images import LabelledImages
-from .runtime import META_PRECISION, META_PREPROCESS, Preprocess
+from .metadata import set_onnx_metadata
+from .runtime import META_PRECISION, META_PREPROCESS, Classifier, Preprocess, RuntimeModelError
 
 META_INT8 = "rubik.int8"  # JSON: how the file was quantized (QuantConfig)
+
+# Calibration. PERCENTILE and HISTOGRAM_BINS are ONNX Runtime's Percentile defaults: the range keeps all
+# but the largest 1 in 100,000 magnitudes, read off a histogram fine enough (2048 bins) that the cut
+# lands within 0.05 % of the range of where it should.
+PERCENTILE = 99.999
+HISTOGRAM_BINS = 2048
+# Below this largest magnitude a uint8 scale (range / 255) is not a normal float32: ORT's quantizer then
+# uses scale 1, so the tensor rounds to zero whatever range it gets, and no histogram is needed (nor can
+# a 2048-bin float32 one be made). Untrained models have such tensors: BatchNorm is the identity there.
+DEGENERATE_ABSMAX = 255 * float(np.finfo(np.float32).tiny)
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # entropy: ORT's own calibrator, as it is
+
+# Boundary candidates (see `boundary_candidates`).
+MAX_CANDIDATES = 8  # each candidate is one more file to quantize, check and time
+DEPTHWISE_PICKS = (1, 2, 4, 6, 9, 12, 16, 20)  # which depthwise convs may start int8: denser early
+EARLY_FRACTION = 0.6  # only in the first 60 % of the depthwise convs: later, int8 wins everywhere
+# Selection (see `choose_boundary`).
+SELECTION_SLACK = 0.005  # candidates within half a point of the best top-1 agreement compete on speed
+SAME_SPEED = 1.03  # within 3 % of the fastest is as fast (timing noise): keep more layers float
+TUNE_ROUNDS = 30  # interleaved timing rounds per candidate
+TUNE_BATCH = 16  # the timing batch of a dynamic-batch file (a static one is timed at its own batch)
 
 
 @dataclass
@@ -61,28 +89,12 @@ class CalibrationError(RubikError):
     """Calibration that cannot run: no images, or images the model cannot take."""
 
 
-def _inputs(session, pre: Preprocess, images: list, batch: int = 16):
+def _inputs(session, pre: Preprocess, images: list, batch: int = TUNE_BATCH):
     """Preprocessed batches sized for the session's (static or dynamic) batch dimension."""
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else batch
     for i in range(0, len(images) - (len(images) % step if isinstance(fixed, int) else 0), step):
         yield pre(images[i:i + step])
-
-
-def _reader(session, pre: Preprocess, images: list):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    name = session.get_inputs()[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = _inputs(session, pre, images)
-
-        def get_next(self):
-            x = next(self.batches, None)
-            return None if x is None else {name: x}
-
-    return Reader()
 
 
 def _node_kinds(graph) -> list[str]:
@@ -116,8 +128,8 @@ def _split_join(graph) -> int | None:
     return None
 
 
-def candidate_boundaries(graph, max_candidates: int = 8) -> list[int]:
-    """Where int8 may start: after the stem, at one of the depthwise convs in the first half of the network,
+def candidate_boundaries(graph, max_candidates: int = MAX_CANDIDATES) -> list[int]:
+    """Where int8 may start: after the stem, at one of the depthwise convs in the first part of the network,
     or (a split GhostNet) where its float-layout parts are joined.
 
     Starting at a depthwise conv keeps each block's expansion and depthwise in the same precision.
@@ -126,8 +138,8 @@ def candidate_boundaries(graph, max_candidates: int = 8) -> list[int]:
     stem = max((i for i, k in enumerate(kinds) if k == "stem"), default=-1)
     dws = [i for i, k in enumerate(kinds) if k == "dw"]
     picks = [stem + 1]
-    for j in (1, 2, 4, 6, 9, 12, 16, 20):  # denser early, where the thin high-resolution layers are
-        if j < 0.6 * len(dws) and len(picks) < max_candidates:
+    for j in DEPTHWISE_PICKS:
+        if j < EARLY_FRACTION * len(dws) and len(picks) < max_candidates:
             # back up to the block's expansion conv so the whole block switches precision together
             start = dws[j]
             while start > stem + 1 and kinds[start - 1] not in ("Add", "Concat", "dw"):
@@ -137,6 +149,21 @@ def candidate_boundaries(graph, max_candidates: int = 8) -> list[int]:
     if join is not None and max_candidates > 1:
         picks.append(join)
     return sorted(set(picks))
+
+
+def boundary_candidates(graph, boundary: int | str) -> list[int]:
+    """The boundaries to try: every candidate ("auto"), all but the stem ("all"), or the one asked for."""
+    if boundary == "auto":
+        return candidate_boundaries(graph)
+    if boundary == "all":
+        return candidate_boundaries(graph, max_candidates=1)
+    try:
+        start = int(boundary)
+    except (TypeError, ValueError):
+        raise RubikError(f"--boundary must be 'auto', 'all' or a node index, got {boundary!r}") from None
+    if not 0 <= start < len(graph.node):
+        raise RubikError(f"--boundary {start} is outside the model's {len(graph.node)} nodes")
+    return [start]
 
 
 def float_outputs(graph) -> int:
@@ -171,25 +198,233 @@ def float_outputs(graph) -> int:
     return done
 
 
-def _time_sessions(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int) -> dict[str, float]:
-    """Median latency in ms of each file, runs interleaved so a busy machine slows all of them alike."""
+def _float_tensors(model) -> list[str]:
+    """Every float32 activation of a shape-inferred ONNX model (graph inputs and node outputs), in order."""
+    from onnx import TensorProto
+
+    g = model.graph
+    typed = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    inits = {i.name for i in g.initializer}
+    names = [i.name for i in g.input if i.name not in inits]
+    names += [o for n in g.node for o in n.output if o and typed.get(o) == TensorProto.FLOAT]
+    return list(dict.fromkeys(names))
+
+
+def activation_ranges(model_path: str | Path, batches: Callable[[], Iterable[np.ndarray]], method: str,
+                      threads: int = 1) -> dict[str, tuple[float, float]]:
+    """(lowest, highest) of every float activation over the calibration batches.
+
+    "minmax": the extremes. "percentile": the extremes clipped to the PERCENTILE-th percentile of |x|
+    (symmetric in magnitude), from a second pass over a HISTOGRAM_BINS-bin histogram on [0, max |x|]
+    computed in float64. A tensor below DEGENERATE_ABSMAX keeps its extremes. `batches` is called once
+    per pass.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    names = _float_tensors(model)
+    graph_inputs = {i.name for i in model.graph.input}
+    known = {o.name for o in model.graph.output}
+    info = {v.name: v for v in model.graph.value_info}
+    for name in names:
+        if name not in known and name not in graph_inputs:
+            model.graph.output.append(info[name] if name in info else onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as it is named
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    out_names = [o.name for o in session.get_outputs()]
+
+    def tensors():
+        for x in batches():
+            yield {input_name: x, **dict(zip(out_names, session.run(None, {input_name: x}), strict=True))}
+
+    lo = dict.fromkeys(names, np.inf)
+    hi = dict.fromkeys(names, -np.inf)
+    for values in tensors():
+        for name in names:
+            v = values[name]
+            if v.size:
+                lo[name] = min(lo[name], float(np.nanmin(v)))
+                hi[name] = max(hi[name], float(np.nanmax(v)))
+    ranges = {n: (lo[n], hi[n]) if lo[n] <= hi[n] else (0.0, 0.0) for n in names}
+    if method == "minmax":
+        return ranges
+    absmax = {n: max(abs(a), abs(b)) for n, (a, b) in ranges.items()}
+    wide = [n for n in names if np.isfinite(absmax[n]) and absmax[n] >= DEGENERATE_ABSMAX]
+    hist = {n: np.zeros(HISTOGRAM_BINS, np.int64) for n in wide}
+    for values in tensors():
+        for n in wide:
+            h, _ = np.histogram(np.abs(values[n].astype(np.float64)), bins=HISTOGRAM_BINS, range=(0.0, absmax[n]))
+            hist[n] += h
+    for n in wide:
+        cdf = np.cumsum(hist[n]) / max(1, hist[n].sum())
+        cut = (int(np.searchsorted(cdf, PERCENTILE / 100)) + 1) * absmax[n] / HISTOGRAM_BINS
+        ranges[n] = (max(ranges[n][0], -cut), min(ranges[n][1], cut))
+    return ranges
+
+
+def write_ranges(ranges: dict[str, tuple[float, float]], method: str, path: Path) -> Path:
+    """Ranges as ONNX Runtime's calibration cache, which `quantize_static` reads instead of calibrating."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+    kind = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
+    data = {n: TensorData(lowest=np.float32(a), highest=np.float32(b)) for n, (a, b) in ranges.items()}
+    save_tensors_data(TensorsData(kind, data), path)
+    return path
+
+
+class _Int8Files:
+    """Quantized files of one prepared fp32 model, each (boundary, method) made once; one calibration
+    per method serves every boundary."""
+
+    def __init__(self, pre_path: Path, names: list[str], session, pre: Preprocess, images: list, tmp: Path,
+                 threads: int):
+        self.pre_path, self.names, self.session, self.pre = pre_path, names, session, pre
+        self.images, self.tmp, self.threads = images, tmp, threads
+        self.done: dict[tuple[int, str], Path] = {}
+
+    def cache(self, how: str) -> tuple[Path, object | None]:
+        """(ORT calibration cache, a data reader when ORT must still calibrate itself)."""
+        cache = self.tmp / f"calibration-{how}.json"
+        if cache.exists():
+            return cache, None
+        if how == "entropy":  # ORT's own histogram calibrator
+            return cache, _reader(self.session, self.pre, self.images)
+        ranges = activation_ranges(self.pre_path, lambda: _inputs(self.session, self.pre, self.images), how,
+                                   self.threads)
+        return write_ranges(ranges, how, cache), None
+
+    def __call__(self, start: int, how: str) -> Path:
+        if (start, how) in self.done:
+            return self.done[start, how]
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        path = self.tmp / f"int8_{how}_{start}.onnx"
+        cache, reader = self.cache(how)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print progress
+                quantize_static(str(self.pre_path), str(path), reader, nodes_to_quantize=self.names[start:],
+                                calibrate_method=methods[how], calibration_cache_path=str(cache),
+                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
+                                extra_options={"WeightSymmetric": True})
+        except (ValueError, RuntimeError) as e:
+            raise CalibrationError(f"{how} calibration failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                                   "; try --calib-method minmax or percentile") from None
+        model = onnx.load(str(path))
+        float_outputs(model.graph)
+        onnx.save(model, str(path))
+        self.done[start, how] = path
+        return path
+
+
+def _reader(session, pre: Preprocess, images: list):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    name = session.get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = _inputs(session, pre, images)
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {name: x}
+
+    return Reader()
+
+
+class Agreement:
+    """Top-1 agreement of quantized files with the fp32 file on selection images, each file measured once."""
+
+    def __init__(self, fp32_path: Path, images: list | None, threads: int):
+        self.images, self.threads = images or [], threads
+        self.reference = predictions(fp32_path, self.images, threads) if self.images else None
+        self.seen: dict[Path, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.images)
+
+    def __call__(self, path: Path) -> float:
+        if path not in self.seen:
+            self.seen[path] = float((predictions(path, self.images, self.threads) == self.reference).mean())
+        return self.seen[path]
+
+
+def choose_calibration(method: str, quantize: Callable[[str], Path], agreement: Agreement,
+                       log=print) -> tuple[str, dict[str, float]]:
+    """The calibration method: the one asked for, or ("auto") whichever of MinMax and Percentile agrees
+    better with fp32 on the selection images (MinMax on a tie, or with nothing to measure on).
+
+    Percentile clipping helps where a few images drive activations far out (briefly trained models),
+    MinMax where the tails carry signal: measure, on the most-quantized candidate (`quantize(method)`).
+    """
+    if method != "auto":
+        return method, {}
+    if not agreement:
+        return "minmax", {}
+    measured = {how: agreement(quantize(how)) for how in ("minmax", "percentile")}
+    chosen = max(measured, key=lambda k: (measured[k], k == "minmax"))
+    log("int8 calibration: " + ", ".join(f"{k} {v:.1%}" for k, v in measured.items())
+        + f" top-1 agreement with fp32 -> {chosen}")
+    return chosen, measured
+
+
+def time_files(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int = TUNE_ROUNDS) -> dict[str, float]:
+    """Median latency in ms of each ONNX file on input `x`, timed interleaved (`rubik.timing`)."""
     sessions = {k: open_session(p, threads) for k, p in paths.items()}
-    name = next(iter(sessions.values())).get_inputs()[0].name
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
-        for _ in range(5):
-            s.run(None, {name: x})
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, {name: x})
-            times[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    fns = {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()}
+    return median_ms(fns, runs=rounds, warmup=5)
+
+
+def choose_boundary(paths: dict[str, Path], agreement: Agreement, timing: Callable[[dict[str, Path]], dict],
+                    slack: float = SELECTION_SLACK, log=print) -> tuple[int, dict[str, float], dict[str, float]]:
+    """(boundary, median ms per timed candidate, agreement per candidate): accuracy first (candidates more
+    than `slack` below the best agreement drop out), then the fastest; within SAME_SPEED of the fastest,
+    the one that keeps more layers float."""
+    if len(paths) == 1:
+        return int(next(iter(paths))), {}, {}
+    agreed: dict[str, float] = {}
+    if agreement:
+        agreed = {k: agreement(p) for k, p in paths.items()}
+        paths = {k: p for k, p in paths.items() if agreed[k] >= max(agreed.values()) - slack}
+    tuned = timing(paths)
+    best = min(tuned.values())
+    start = max(int(k) for k, v in tuned.items() if v <= best * SAME_SPEED)
+    cells = [f"{k}: " + (f"{tuned[k]:.2f} ms" if k in tuned else "not timed")
+             + (f", {agreed[k]:.1%} agree" if agreed else "") for k in agreed or tuned]
+    against = f"; top-1 agreement with fp32 on {len(agreement.images)} images not used for calibration" \
+        if agreed else ""
+    log(f"int8 precision boundary by first quantized node (median ms{against}): " + "; ".join(cells)
+        + f" -> {start}")
+    return start, tuned, agreed
+
+
+def write_int8(quantized: Path, fp32_path: Path, config: QuantConfig, out_path: Path) -> None:
+    """The chosen file at `out_path`, with the fp32 file's metadata, precision int8 and how it was made."""
+    import onnx
+
+    model = onnx.load(str(quantized))
+    del model.metadata_props[:]
+    set_onnx_metadata(model, {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props})
+    set_onnx_metadata(model, {META_PRECISION: "int8", META_INT8: json.dumps(asdict(config))})
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out_path)
 
 
 def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Path, *, calib_n: int = 256,
                   boundary: int | str = "auto", method: str = "auto", threads: int = 1,
-                  tune_rounds: int = 30, select_images: list | None = None, slack: float = 0.005,
+                  tune_rounds: int = TUNE_ROUNDS, select_images: list | None = None, slack: float = SELECTION_SLACK,
                   log=print) -> QuantConfig:
     """Quantize an exported fp32 ONNX file to int8 with real calibration images; returns what it did.
 
@@ -202,7 +437,6 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
     """
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -210,10 +444,8 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
     if not images:
         raise CalibrationError("no calibration images: pass a folder of images from the training distribution "
                                "(--calib DIR) or 'digits'")
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    if method not in methods and method != "auto":
-        raise RubikError(f"unknown calibration method {method!r}; choose auto or one of {sorted(methods)}")
+    if method not in CALIBRATION_METHODS and method != "auto":
+        raise RubikError(f"unknown calibration method {method!r}; choose auto or one of {sorted(CALIBRATION_METHODS)}")
     ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every unused initializer
     session = open_session(fp32_path, threads)
     meta = session.get_modelmeta().custom_metadata_map
@@ -231,86 +463,17 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
         quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=False)
         graph = onnx.load(str(pre_path)).graph
         names = [n.name for n in graph.node]
-        common = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                      per_channel=True, reduce_range=False, extra_options={"WeightSymmetric": True})
-
-        done: dict[tuple[int, str], Path] = {}
-
-        def quantize(start: int, how: str) -> Path:
-            if (start, how) in done:
-                return done[start, how]
-            path = tmp / f"int8_{how}_{start}.onnx"
-            cache = tmp / f"calibration-{how}.json"  # one calibration pass per method serves every boundary
-            reader = None if cache.exists() else _reader(session, pre, images)
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-                    quantize_static(str(pre_path), str(path), reader, nodes_to_quantize=names[start:],
-                                    calibrate_method=methods[how], calibration_cache_path=str(cache), **common)
-            except (ValueError, RuntimeError) as e:
-                raise CalibrationError(f"calibration failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                                       "check that the images are readable RGB pictures") from None
-            model = onnx.load(str(path))
-            float_outputs(model.graph)
-            onnx.save(model, str(path))
-            done[start, how] = path
-            return path
-
-        if boundary == "auto":
-            starts = candidate_boundaries(graph)
-        elif boundary == "all":
-            starts = candidate_boundaries(graph, max_candidates=1)
-        else:
-            starts = [int(boundary)]
-        reference = predictions(fp32_path, select_images, threads) if select_images else None
-        agreed: dict[Path, float] = {}
-
-        def agreement_of(path: Path) -> float:
-            if path not in agreed:
-                agreed[path] = float((predictions(path, select_images, threads) == reference).mean())
-            return agreed[path]
-
-        method_agreement: dict[str, float] = {}
-        if method == "auto":
-            # Percentile clipping helps where a few images drive activations far out (briefly trained
-            # models), MinMax where the tails carry signal: measure, on the most-quantized candidate.
-            method = "minmax"
-            if select_images:
-                method_agreement = {how: agreement_of(quantize(starts[0], how)) for how in ("minmax", "percentile")}
-                method = max(method_agreement, key=lambda k: (method_agreement[k], k == "minmax"))
-                log("int8 calibration: " + ", ".join(f"{k} {v:.1%}" for k, v in method_agreement.items())
-                    + f" top-1 agreement with fp32 -> {method}")
-        paths = {str(s): quantize(s, method) for s in starts}
-        tuned: dict[str, float] = {}
-        agreement: dict[str, float] = {}
-        if len(paths) > 1:
-            if select_images:
-                agreement = {k: agreement_of(p) for k, p in paths.items()}
-                paths = {k: p for k, p in paths.items() if agreement[k] >= max(agreement.values()) - slack}
-            tuned = _time_sessions(paths, next(_inputs(session, pre, images[:1] * 16)), threads, tune_rounds)
-            best = min(tuned.values())
-            # Within 3% of the fastest, keep more layers in float: same speed, less rounding.
-            start = max(int(k) for k, v in tuned.items() if v <= best * 1.03)
-            cells = [f"{k}: " + (f"{tuned[k]:.2f} ms" if k in tuned else "not timed")
-                     + (f", {agreement[k]:.1%} agree" if agreement else "") for k in agreement or tuned]
-            against = f"; top-1 agreement with fp32 on {len(select_images)} images not used for calibration" \
-                if agreement else ""
-            log(f"int8 precision boundary by first quantized node (median ms{against}): " + "; ".join(cells)
-                + f" -> {start}")
-        else:
-            start = starts[0]
-        model = onnx.load(paths[str(start)])
-
-    config = QuantConfig(calibration=method, calibration_agreement=method_agreement, calib_images=len(images),
-                         boundary=start, float_nodes=start, nodes=len(names), tuned=tuned, agreement=agreement,
-                         selection_images=len(select_images) if agreement else 0)
-    props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
-    props.update({META_PRECISION: "int8", META_INT8: json.dumps(asdict(config))})
-    del model.metadata_props[:]
-    for k, v in props.items():
-        e = model.metadata_props.add()
-        e.key, e.value = k, v
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out_path))
+        files = _Int8Files(pre_path, names, session, pre, images, tmp, threads)
+        starts = boundary_candidates(graph, boundary)
+        agreement = Agreement(fp32_path, select_images, threads)
+        method, method_agreement = choose_calibration(method, lambda how: files(starts[0], how), agreement, log)
+        x = next(_inputs(session, pre, images[:1] * TUNE_BATCH))
+        start, tuned, agreed = choose_boundary({str(s): files(s, method) for s in starts}, agreement,
+                                               lambda paths: time_files(paths, x, threads, tune_rounds), slack, log)
+        config = QuantConfig(calibration=method, calibration_agreement=method_agreement, calib_images=len(images),
+                             boundary=start, float_nodes=start, nodes=len(names), tuned=tuned, agreement=agreed,
+                             selection_images=len(select_images) if agreed else 0)
+        write_int8(files(start, method), fp32_path, config, out_path)
     return config
 
 
@@ -338,14 +501,13 @@ class Int8Check:
 
 
 def predictions(path: str | Path, images: list, threads: int = 1) -> np.ndarray:
-    """Arg-max class of each image under a file's own preprocessing."""
-    session = open_session(path, threads)
-    pre = Preprocess.from_json(session.get_modelmeta().custom_metadata_map[META_PREPROCESS])
-    name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) else 32
-    out = [session.run(None, {name: pre(images[i:i + step])})[0].argmax(1) for i in range(0, len(images), step)]
-    return np.concatenate(out)
+    """Arg-max class of each image under a file's own preprocessing (.onnx or .pte)."""
+    try:
+        return Classifier(path, threads).predict(images)
+    except RuntimeModelError as e:
+        from .export import ModelFileError
+
+        raise ModelFileError(str(e)) from None
 
 
 def check_int8(fp32_path: str | Path, int8_path: str | Path, heldout: LabelledImages,
