@@ -62,6 +62,23 @@ def test_twenty_budgets_hit_their_macs(base):
         assert abs(result.macs / target - 1) <= 0.01, (target, result.spec)
 
 
+@pytest.mark.parametrize("base", ["resnet50", "ghostnetv2_100", "ghostnetv3_100"])
+def test_new_family_bases_twist_within_one_percent(base):
+    """Twisting follows the family table: a newly registered family twists with no change in cube/."""
+    from rubik.models import MODELS
+    from rubik.profile import count
+
+    if base not in MODELS:
+        pytest.skip(f"{base} is not registered yet")
+    twister = Twister(base)
+    for ratio in (0.25, 0.5):
+        result = twister.to_ratio(ratio)
+        assert abs(result.error) <= 0.01, (base, ratio, result.spec)
+        assert result.spec.family == twister.base.family and result.spec.depth < 2
+    model = rubik.create_model(result.spec)
+    assert count(model, result.spec.resolution)[0] == result.macs  # the plan's MACs are the model's
+
+
 def test_twisted_spec_builds_the_model_it_describes(twister):
     from rubik.profile import count
 
