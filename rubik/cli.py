@@ -41,14 +41,16 @@ def cmd_models(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    fmt = "{:<24} {:>5} {:>9} {:>10} {:>11} {:>11} {:>10}"
-    print(fmt.format("model", "input", "params M", "MACs M", "paper MACs", "paper top1", "pretrained"))
+    fmt = "{:<24} {:>5} {:>9} {:>10} {:>11} {:>11} {:>10} {:>10}"
+    print(fmt.format("model", "input", "params M", "MACs M", "paper MACs", "paper top1", "timm top1", "pretrained"))
     for r in rows:
         def opt(v, spec="{:.1f}"):
             return "-" if v is None else spec.format(v)
         print(fmt.format(r["name"], r["input"], f"{r['params_m']:.2f}", f"{r['macs_m']:.1f}",
-                         opt(r["paper_macs_m"], "{:g}"), opt(r["paper_top1"]), "yes" if r["pretrained"] else "-"))
-    print(f"# {MACS_NOTE}; paper top-1 is ImageNet-1k as published.")
+                         opt(r["paper_macs_m"], "{:g}"), opt(r["paper_top1"]), opt(r["timm_top1"], "{:.2f}"),
+                         "yes" if r["pretrained"] else "-"))
+    print(f"# {MACS_NOTE}; paper top-1 is ImageNet-1k as published; timm top-1 is timm's evaluation of the "
+          "pretrained weights.")
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
