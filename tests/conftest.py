@@ -22,3 +22,25 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
 @pytest.fixture
 def randomize_bn():
     return randomize_batchnorm
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on localhost for this test session (tests/pg_server.py), stopped at the end.
+
+    Skips where the server binaries are absent; under CI (CI=true) that fails instead, since .ci/run installs them.
+    """
+    from pg_server import PostgresServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}")
+        pytest.skip(reason)
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[test]' (or .[postgres])")
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

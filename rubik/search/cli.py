@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"study {args.study} in {storage.url}: {len(study.trials)} trials recorded; trial runs under {out}",
           flush=True)
     done = run_worker(study, settings_of(study), args.data, out, workers=args.workers,
-                      log=lambda line: print(line, flush=True))
+                      log=lambda line: print(line, flush=True), storage_wait=args.storage_wait)
     from .front import summary
 
     ran = sum(o.state == "COMPLETE" for o in done)
@@ -140,6 +140,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between heartbeats; a trial silent for 4 of them is failed and retried (default 10)")
+    p.add_argument("--storage-wait", dest="storage_wait", type=float, default=120,
+                   help="seconds to keep retrying a database that stopped answering (a restart) before this worker "
+                        "exits; rerunning the same command resumes (default 120)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import socket
 import threading
@@ -37,6 +38,7 @@ SETTINGS_ATTR = "rubik_search"  # study user attribute holding the settings; set
 DIRECTIONS = ["maximize", "minimize"]  # validation top-1 %, MACs in millions
 MAX_RETRY = 2  # copies of a trial whose worker died or crashed
 MIN_TRAIN_RESOLUTION = 16  # the trainer's floor
+STORAGE_WAIT_S = 120.0  # how long a worker retries a storage that stopped answering (a database restart)
 
 
 @dataclass
@@ -102,6 +104,8 @@ def open_storage(url: str | None = None, heartbeat: int = 10):
         if str(path) not in ("", ":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
+    else:  # a database server that restarted leaves dead pooled connections: test each before use
+        engine_kwargs = {"pool_pre_ping": True}
     hint = "give an SQLAlchemy URL such as sqlite:///runs/search/studies.db or postgresql://user:pass@host/db"
     check_driver(url, hint)
     for attempt in range(5):
@@ -161,6 +165,49 @@ def check_driver(url: str, hint: str = "") -> None:
         raise RubikError(f"storage URL {url!r} needs the Python module {module!r} ({dialect.name} driver "
                          f"{dialect.driver!r}), which is not installed; install {package}, "
                          "or use a sqlite:/// URL") from None
+
+
+class StorageLost(RubikError):
+    """The storage stopped answering for longer than the worker waits."""
+
+
+def _connection_error(e: BaseException) -> BaseException | None:
+    """The database's connection-level error behind `e` (Optuna wraps SQLAlchemy's), or None for others."""
+    import sqlalchemy.exc
+
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return err
+    return None
+
+
+def with_storage(fn: Callable[[], Any], what: str, url: str, wait_s: float = STORAGE_WAIT_S,
+                 log: Callable[[str], None] = print) -> Any:
+    """fn(), retried while the database is unreachable (a restart), for up to wait_s; then a one-line error."""
+    deadline = None
+    while True:
+        try:
+            result = fn()
+        except Exception as e:  # Optuna's StorageInternalError, or SQLAlchemy's own
+            err = _connection_error(e)
+            if err is None:
+                raise
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + wait_s
+                log(f"storage not answering while {what} ({reason}); retrying for up to {wait_s:.0f} s")
+            if now >= deadline:
+                from .front import _public_url
+
+                raise StorageLost(f"lost the storage {_public_url(url)} while {what}: no answer for {wait_s:.0f} s "
+                                  f"({reason}); when the database is back, rerun the same command (a trial this "
+                                  "worker was running is then retried)") from None
+            time.sleep(min(2.0, deadline - now))
+            continue
+        if deadline is not None:
+            log(f"storage answering again; {what}")
+        return result
 
 
 def study_names(storage) -> list[str]:
@@ -412,21 +459,32 @@ def training_config(settings: SearchSettings, spec, data: str, workers: int | No
 
 def run_worker(study, settings: SearchSettings, data: str, out_dir: str | Path,
                train_fn: TrainFn | None = None, workers: int | None = None,
-               log: Callable[[str], None] = print) -> list[TrialOutcome]:
-    """Run planned trials until none is waiting or running; returns what this worker did."""
+               log: Callable[[str], None] = print, storage_wait: float = STORAGE_WAIT_S) -> list[TrialOutcome]:
+    """Run planned trials until none is waiting or running; returns what this worker did.
+
+    While the database does not answer (a restart), every storage call is retried for up to
+    `storage_wait` seconds; after that the worker stops with StorageLost (a one-line error).
+    """
     import optuna
     from optuna.trial import TrialState
 
     train_fn = train_fn or _default_train
     storage = _storage_of(study)
+    url = getattr(storage, "_backend", storage).url
+    db = functools.partial(with_storage, url=url, wait_s=storage_wait, log=log)
     out_dir = Path(out_dir)
     done: list[TrialOutcome] = []
     waiting_note = False
-    while True:
+
+    def poll():
         _fail_stale(study)
         trial_id = _pop_waiting(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if trial_id is None else []
+        return trial_id, running
+
+    while True:
+        trial_id, running = db(poll, "looking for the next trial")
         if trial_id is None:
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not running:
                 return done
             if not waiting_note:  # a dead worker's trial is retried once its heartbeat goes stale
@@ -438,34 +496,44 @@ def run_worker(study, settings: SearchSettings, data: str, out_dir: str | Path,
         waiting_note = False
         trial = optuna.Trial(study, trial_id)
         with heartbeat(storage, trial_id):
-            done.append(_run_trial(study, trial, settings, data, out_dir, train_fn, workers, log))
+            done.append(_run_trial(study, trial, settings, data, out_dir, train_fn, workers, log, db))
 
 
 def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path, train_fn: TrainFn,
-               workers: int | None, log: Callable[[str], None]) -> TrialOutcome:
+               workers: int | None, log: Callable[[str], None],
+               db: Callable[..., Any] = lambda fn, what: fn()) -> TrialOutcome:
     import optuna
     from optuna.trial import TrialState
 
     from ..cube.solve import InfeasibleBudget
     from ..train.trainer import NonFiniteLossError
 
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    c = trial.suggest_categorical("c", settings.budgets)
-    kind = trial.user_attrs.get("kind", "sobol")
-    # References sit wherever their formula puts them, possibly outside the search ranges.
-    r_range = settings.r_range if kind == "sobol" else (0.01, 4.0)
-    d_range = settings.d_range if kind == "sobol" else (0.01, 4.0)
-    r, d = trial.suggest_float("r", *r_range), trial.suggest_float("d", *d_range)
+    def start():
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        c = trial.suggest_categorical("c", settings.budgets)
+        kind = trial.user_attrs.get("kind", "sobol")
+        # References sit wherever their formula puts them, possibly outside the search ranges.
+        r_range = settings.r_range if kind == "sobol" else (0.01, 4.0)
+        d_range = settings.d_range if kind == "sobol" else (0.01, 4.0)
+        return c, kind, trial.suggest_float("r", *r_range), trial.suggest_float("d", *d_range)
+
+    c, kind, r, d = db(start, f"starting trial {trial.number}")
     label = f"trial {trial.number} [{kind} c={c:g} r={r:.3f} d={d:.3f}"
 
     def fail(reason: str, retry: bool) -> TrialOutcome:
-        frozen = _storage_of(study).get_trial(trial._trial_id)  # before the reason is set: the copy starts clean
-        trial.set_user_attr("fail_reason", reason)
-        study.tell(trial, state=TrialState.FAIL)
-        if retry:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, frozen)
+        def record():
+            frozen = _storage_of(study).get_trial(trial._trial_id)  # before the reason is set: the copy starts clean
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            if retry:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, frozen)
+
+        try:
+            db(record, f"recording trial {trial.number} as failed")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker marked it stale meanwhile; its retry copy exists already
         log(f"{label}]: FAILED ({reason})" + ("; queued again" if retry else ""))
         return TrialOutcome(trial.number, "FAIL", dict(trial.params), {"fail_reason": reason})
 
@@ -477,10 +545,14 @@ def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path,
              "w": spec.width / base.width, "macs": macs, "macs_ratio": macs / base_macs, "base_macs": base_macs,
              "spec": spec.to_dict()}
     label += f" w={attrs['w']:.3f} {spec.resolution}px {macs / 1e6:.2f}M MACs"
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
     run_dir = out_dir / f"trial-{trial.number:04d}"
-    trial.set_user_attr("run_dir", str(run_dir))
+
+    def describe():
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("run_dir", str(run_dir))
+
+    db(describe, f"starting trial {trial.number}")
     t0 = time.perf_counter()
     try:
         config = training_config(settings, spec, data, workers)
@@ -496,16 +568,20 @@ def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path,
                          "queued again: fix the cause and rerun the same command") from e
     seconds = time.perf_counter() - t0
     top1 = float(summary["best"]["top1"])
-    trial.set_user_attr("top1", top1)
-    trial.set_user_attr("top5", float(summary["best"].get("top5", 0.0)))
-    trial.set_user_attr("train_seconds", seconds)
+    results = {"top1": top1, "top5": float(summary["best"].get("top5", 0.0)), "train_seconds": seconds}
     if settings.latency:
         from ..models import build
         from ..profile import latency
 
-        trial.set_user_attr("latency_ms", latency(build(spec).eval(), spec.resolution, threads=1, runs=30))
-    try:
+        results["latency_ms"] = latency(build(spec).eval(), spec.resolution, threads=1, runs=30)
+
+    def finish():
+        for k, v in results.items():
+            trial.set_user_attr(k, v)
         study.tell(trial, [top1, macs / 1e6])
+
+    try:
+        db(finish, f"saving trial {trial.number}'s result")
     except optuna.exceptions.UpdateFinishedTrialError:
         # Marked failed by another worker (heartbeats were late); its retry copy will redo it.
         log(f"{label}]: finished, but another worker had already marked it stale; its retry counts instead")
