@@ -1,0 +1,314 @@
+"""SSDLite detectors on rubik backbones, built from torchvision's detection API.
+
+torchvision supplies everything detection-specific: `SSD` (matching, hard-negative mining, losses,
+box coding, NMS), `SSDLiteHead`, `DefaultBoxGenerator` and the SSDLite extra layers. rubik supplies
+the backbone: the feature maps at stride 16 and stride 32 of any MBConv or GhostNet model (named,
+a JSON spec, or a twisted model), followed by four extra layers, as `ssdlite320_mobilenet_v3_large` does.
+
+A detector is named (`ssdlite_ghostnet_100`, ...; see DETECTORS), or written as `ssdlite:BACKBONE`
+where BACKBONE is any rubik model name or JSON spec file (`ssdlite:tiny35.json`), or given as a JSON
+file / dict with a "detector" field:
+
+    {"detector": "ssdlite", "name": "mine", "backbone": "tinynet_e", "resolution": 256}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import RubikError
+from ..models.registry import FAMILIES, ModelSpec, get_spec
+
+TORCHVISION_MOBILENET = "torchvision:mobilenet_v3_large"
+PREFIX = "ssdlite:"
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """An SSDLite detector: a backbone plus the SSD settings torchvision's ssdlite320 uses."""
+
+    name: str
+    backbone: Any  # a rubik ModelSpec as a dict, or TORCHVISION_MOBILENET
+    resolution: int = 320
+    extra_channels: tuple[int, ...] = (512, 256, 256, 128)  # the four extra layers after the stride-32 tap
+    score_thresh: float = 0.001
+    nms_thresh: float = 0.55
+    detections_per_img: int = 300
+    topk_candidates: int = 300
+    detector: str = "ssdlite"
+
+    @property
+    def torchvision_reference(self) -> bool:
+        return self.backbone == TORCHVISION_MOBILENET
+
+    @property
+    def backbone_spec(self) -> ModelSpec:
+        return get_spec(self.backbone)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return (0.5, 0.5, 0.5) if self.torchvision_reference else tuple(self.backbone_spec.preprocess.mean)
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return (0.5, 0.5, 0.5) if self.torchvision_reference else tuple(self.backbone_spec.preprocess.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extra_channels"] = list(self.extra_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RubikError(f"detector spec has unknown field(s) {unknown}; valid fields: {sorted(known)}")
+        if data.get("detector", "ssdlite") != "ssdlite":
+            raise RubikError(f"detector {data['detector']!r} is not supported; use \"detector\": \"ssdlite\"")
+        if "backbone" not in data:
+            raise RubikError("detector spec needs a 'backbone' field: a rubik model name, spec dict or JSON file")
+        data = dict(data)
+        data.setdefault("name", f"ssdlite_{_backbone_name(data['backbone'])}")
+        if data["backbone"] != TORCHVISION_MOBILENET:
+            data["backbone"] = get_spec(data["backbone"]).to_dict()  # resolved, so a run is self-contained
+        res = data.get("resolution", 320)
+        if not (isinstance(res, int) and res >= 32):
+            raise RubikError(f"detector spec field 'resolution' must be an integer >= 32, got {res!r}")
+        if "extra_channels" in data:
+            data["extra_channels"] = tuple(int(c) for c in data["extra_channels"])
+        return cls(**data)
+
+
+def _backbone_name(backbone: Any) -> str:
+    if isinstance(backbone, dict):
+        return str(backbone.get("name", "backbone"))
+    return Path(str(backbone)).stem if str(backbone).endswith(".json") else str(backbone)
+
+
+def _named() -> dict[str, dict[str, Any]]:
+    out = {f"ssdlite_{b}": {"backbone": b} for b in
+           ("ghostnet_050", "ghostnet_100", "ghostnet_130", "tinynet_a", "tinynet_b", "tinynet_c", "tinynet_d",
+            "tinynet_e", "efficientnet_b0", "efficientnet_b_1", "efficientnet_b_2", "efficientnet_b_3",
+            "efficientnet_b_4")}
+    out["ssdlite_mobilenet_v3_large"] = {"backbone": TORCHVISION_MOBILENET}  # torchvision's ssdlite320, as is
+    return out
+
+
+# Every named detector takes 320 px inputs (torchvision's ssdlite320), so comparisons are at equal input size.
+DETECTORS: dict[str, dict[str, Any]] = _named()
+
+
+def is_detector(model: Any) -> bool:
+    """True for a detector name, an `ssdlite:` string, a DetectorSpec, or a dict/JSON file with "detector"."""
+    if isinstance(model, DetectorSpec):
+        return True
+    if isinstance(model, dict):
+        return "detector" in model or "task" in model and model.get("task") == "detect"
+    text = str(model)
+    if text in DETECTORS or text.startswith(PREFIX):
+        return True
+    if text.endswith(".json") and Path(text).is_file():
+        try:
+            return "detector" in json.loads(Path(text).read_text())
+        except (json.JSONDecodeError, OSError, TypeError):
+            return False
+    return False
+
+
+def is_detection_run(weights: str | Path | None, model: Any = None) -> bool:
+    """Whether `rubik eval/predict/export --weights W [--model M]` is about a detector."""
+    if model is not None:
+        return is_detector(model)
+    meta = Path(str(weights)) / "model.json"
+    try:
+        return meta.is_file() and json.loads(meta.read_text()).get("task") == "detect"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def get_detector_spec(model: Any, resolution: int | None = None) -> DetectorSpec:
+    """Resolve a detector name, `ssdlite:BACKBONE`, a dict or a JSON file to a DetectorSpec."""
+    if isinstance(model, DetectorSpec):
+        spec = model
+    elif isinstance(model, dict):
+        spec = DetectorSpec.from_dict(model)
+    else:
+        text = str(model)
+        if text in DETECTORS:
+            spec = DetectorSpec.from_dict({"name": text, **DETECTORS[text]})
+        elif text.startswith(PREFIX):
+            backbone = text[len(PREFIX):]
+            if not backbone:
+                raise RubikError("ssdlite: needs a backbone, e.g. --model ssdlite:tinynet_e or ssdlite:SPEC.json")
+            spec = DetectorSpec.from_dict({"backbone": backbone})
+        elif text.endswith(".json"):
+            path = Path(text)
+            if not path.is_file():
+                raise RubikError(f"detector spec file {text} does not exist")
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise RubikError(f"detector spec file {text} is not valid JSON ({e})") from None
+            spec = DetectorSpec.from_dict(data)
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(text, list(DETECTORS), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"named detectors: {', '.join(DETECTORS)}"
+            raise RubikError(f"unknown detector {text!r}: {hint}; or ssdlite:BACKBONE with any rubik model")
+    if resolution:
+        spec = replace(spec, resolution=resolution)
+    if spec.torchvision_reference:
+        return spec
+    return spec
+
+
+def detection_taps(net: nn.Module) -> list:
+    """The taps SSDLite reads: the last step of the network at stride 16 and at stride 32.
+
+    Not timm's `features_only` taps, which for GhostNet sit at the group that strides (80 channels at
+    stride 16, one bottleneck into stride 32) and would leave most of the network unused: here the
+    stride-16 tap is the end of the last stride-16 stage and the stride-32 tap the last feature map
+    before pooling (EfficientNet/TinyNet: the last stage; GhostNet: its 960-channel 1x1 ConvBnAct),
+    as torchvision's ssdlite320 taps MobileNetV3 at the end of stride 16 and at its last convolution.
+    """
+    from ..models.family import FeatureNet, FeatureTap
+
+    family_taps = FAMILIES[net.spec.family].features(net)
+    order = FeatureNet._order(net, family_taps)  # the model's forward as steps, as FeatureNet runs it
+    last = max(order.index(t.module) for t in family_taps)
+    container = family_taps[-1].module.split(".")[0] if "." in family_taps[-1].module else None
+    # Steps after the family's last tap count only inside the same container (GhostNet's blocks.8, .9), never
+    # the head (pooling, classifier).
+    candidates = order[:last + 1] + [s for s in order[last + 1:] if container and s.startswith(container + ".")]
+    was = net.training
+    net.eval()
+    found: dict[int, FeatureTap] = {}
+    with torch.no_grad():
+        size = 64
+        x = torch.zeros(1, 3, size, size, device=next(net.parameters()).device)
+        for step in candidates:
+            parent, _, child = step.partition(".")
+            module = getattr(net, parent)
+            x = (getattr(module, child) if child else module)(x)
+            reduction = size // x.shape[-1]
+            if reduction in (16, 32):
+                found[reduction] = FeatureTap(step, int(x.shape[1]), reduction)
+    net.train(was)
+    if set(found) != {16, 32}:
+        raise RubikError(f"backbone {net.spec.name} has no stages at both stride 16 and stride 32 (SSDLite needs "
+                         "both); use a backbone with five stride-2 steps")
+    return [found[16], found[32]]
+
+
+class SSDLiteFeatures(nn.Module):
+    """Backbone taps plus torchvision's SSDLite extra layers; the dict of feature maps torchvision's SSD wants."""
+
+    def __init__(self, body: nn.Module, in_channels: list[int], extra_channels: tuple[int, ...]):
+        super().__init__()
+        from torchvision.models.detection.ssdlite import _extra_block, _normal_init
+
+        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # ssdlite320's
+        self.body = body
+        chans = [in_channels[-1], *extra_channels]
+        self.extra = nn.ModuleList(_extra_block(a, b, norm) for a, b in zip(chans[:-1], chans[1:], strict=True))
+        _normal_init(self.extra)
+        self.out_channels = [*in_channels, *extra_channels]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = list(self.body(x))
+        x = feats[-1]
+        for block in self.extra:
+            x = block(x)
+            feats.append(x)
+        return {str(i): f for i, f in enumerate(feats)}
+
+
+def _anchor_generator(levels: int):
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+
+    return DefaultBoxGenerator([[2, 3] for _ in range(levels)], min_ratio=0.2, max_ratio=0.95)
+
+
+def build_backbone_net(spec: DetectorSpec, pretrained: bool = False, weights: str | Path | None = None,
+                       drop_connect_rate: float = 0.0) -> nn.Module:
+    """The backbone classifier (ImageNet weights loaded through rubik's loader when asked), before tapping."""
+    from ..models.weights import create_model
+
+    return create_model(spec.backbone_spec, pretrained=pretrained, weights=weights, drop_rate=0.0,
+                        drop_connect_rate=drop_connect_rate)
+
+
+def build_detector(model: Any, num_classes: int, *, pretrained: bool = False,
+                   backbone_weights: str | Path | None = None, classes: list[str] | None = None,
+                   drop_connect_rate: float = 0.0) -> nn.Module:
+    """An SSDLite detector for `num_classes` object classes (torchvision adds the background class 0).
+
+    `pretrained` loads the backbone's official ImageNet weights; `backbone_weights` a local classifier file.
+    The model carries `.spec` (a DetectorSpec) and `.classes`.
+    """
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead, ssdlite320_mobilenet_v3_large
+
+    spec = get_detector_spec(model)
+    if num_classes < 1:
+        raise RubikError("a detector needs at least one object class")
+    settings = dict(score_thresh=spec.score_thresh, nms_thresh=spec.nms_thresh,
+                    detections_per_img=spec.detections_per_img, topk_candidates=spec.topk_candidates)
+    if spec.torchvision_reference:
+        if pretrained or backbone_weights:
+            raise RubikError("ssdlite_mobilenet_v3_large is torchvision's reference, built without pretrained "
+                             "weights here; train it from scratch or use a rubik backbone with --pretrained")
+        # torchvision's own builder, from scratch (no download); size is honoured as the fixed input size.
+        det = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes + 1,
+                                            **settings)
+        if spec.resolution != 320:
+            det.transform.fixed_size = (spec.resolution, spec.resolution)
+            det.transform.min_size, det.transform.max_size = (spec.resolution,), spec.resolution
+    else:
+        from ..models.family import FeatureNet
+
+        net = build_backbone_net(spec, pretrained, backbone_weights, drop_connect_rate)
+        body = FeatureNet(net, detection_taps(net))  # module names stay timm's: blocks.4.2.conv_pw.weight
+        features = SSDLiteFeatures(body, body.feature_info.channels(), spec.extra_channels)
+        anchors = _anchor_generator(len(features.out_channels))
+        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+        head = SSDLiteHead(features.out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm)
+        size = (spec.resolution, spec.resolution)
+        det = SSD(features, anchors, size, num_classes + 1, image_mean=list(spec.mean), image_std=list(spec.std),
+                  head=head, **settings)
+    det.spec = spec
+    det.classes = classes
+    det.num_object_classes = num_classes
+    return det
+
+
+def detector_macs_params(det: nn.Module) -> tuple[int, int]:
+    """MACs (convolutions and linear layers, as rubik counts) of backbone + extra layers + head, and params."""
+    from ..profile import count
+
+    res = det.spec.resolution
+
+    class Core(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = det.backbone, det.head
+
+        def forward(self, x):
+            return self.head(list(self.backbone(x).values()))
+
+    core = Core()
+    macs, _ = count(core, res)
+    return macs, sum(p.numel() for p in core.parameters())
+
+
+__all__ = ["DETECTORS", "DetectorSpec", "build_detector", "detector_macs_params", "get_detector_spec",
+           "is_detection_run", "is_detector"]
