@@ -72,7 +72,9 @@ class GhostModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         primary = self.primary_conv(x)
-        return torch.cat([primary, self.cheap_operation(primary)], dim=1)[:, : self.out_ch]
+        out = torch.cat([primary, self.cheap_operation(primary)], dim=1)
+        # Slice only when ceil() made a channel too many: a slice that keeps them all reaches every export.
+        return out[:, : self.out_ch] if out.shape[1] > self.out_ch else out
 
 
 class GhostBottleneck(Residual):
