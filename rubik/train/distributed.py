@@ -62,6 +62,21 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+# What the backends say when another process of the run died (a node lost, a process killed): gloo raises a
+# plain RuntimeError, NCCL and the c10d store torch's DistError family.
+PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "socket timeout",
+             "communicator was aborted", "nccl error", "connection refused")
+
+
+def peer_lost(e: BaseException, d: Dist) -> bool:
+    """Whether `e` means another process of this distributed run stopped."""
+    if not d.enabled:
+        return False
+    if isinstance(e, dist.DistError):
+        return True
+    return isinstance(e, RuntimeError) and any(s in str(e).lower() for s in PEER_LOST)
+
+
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -531,6 +531,14 @@ def train(c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: b
         return trainer.fit()
     except RubikError as e:
         raise worker_error(e) from None
+    except Exception as e:
+        if trainer is None or not distributed.peer_lost(e, trainer.d):
+            raise
+        last = latest_checkpoint_name(trainer.run_dir) or "none yet: it starts over"
+        raise RubikError(f"another process of this {trainer.d.world_size}-process run stopped "
+                         f"({str(e).strip().splitlines()[0][:200]}), so this one stopped too; rerun the same "
+                         f"torchrun command on every node with `train --resume {trainer.run_dir}` to continue from "
+                         f"the last checkpoint ({last})") from None
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         for h in list(log.handlers):
