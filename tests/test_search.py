@@ -142,6 +142,43 @@ def test_failed_trials_are_recorded_and_crashes_are_retried(tmp_path):
     assert sorted(t.user_attrs["plan_index"] for t in trials if t.state.name == "COMPLETE") == [0, 2, 3]
 
 
+def test_show_prints_progress_best_per_budget_and_front(tmp_path, capsys):
+    from rubik.cli import main
+    from rubik.search.study import _pop_waiting
+    from rubik.train.trainer import NonFiniteLossError
+
+    url = sqlite(tmp_path)
+    settings = SearchSettings(budgets=[0.5, 0.25], **SMALL)
+    study = create_or_join("p", settings, 8, open_storage(url, heartbeat=1))
+    calls = []
+
+    def partial(config, run_dir, progress=False):
+        calls.append(run_dir.name)
+        if len(calls) == 2:
+            raise NonFiniteLossError("loss became NaN")  # given up: a retry would diverge again
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # the worker is stopped; its trial is recorded and queued again
+        return fake_train(config, run_dir)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, settings, "digits", tmp_path / "runs", train_fn=partial, log=lambda _: None)
+    assert _pop_waiting(study) is not None  # another worker has just taken a trial
+    capsys.readouterr()
+    assert main(["search", "show", "p", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert ("progress: 3 of 8 planned trials done (38 %); 1 running; 2 failed (recorded; 1 given up, "
+            "the rest retried); 4 left (3 waiting)") in out
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    for c in (0.5, 0.25):
+        best = max((t for t in complete if t.params["c"] == c), key=lambda t: t.user_attrs["top1"])
+        assert f"  c={c:<6} trial {best.number} (sobol) top-1 {best.user_attrs['top1']:.2f}%" in out
+    front = {t.number for t in study.best_trials}
+    assert f"Pareto front (top-1 up, MACs down): {len(front)} trial(s)" in out
+    assert main(["search", "show", "p", "--storage", url, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {b["trial"] for b in shown["progress"]["front"]} == front and len(shown["trials"]) == 9
+
+
 WORKER = textwrap.dedent("""
     import sys, time
     from rubik.search.study import SearchSettings, create_or_join, open_storage, run_worker

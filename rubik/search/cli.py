@@ -86,13 +86,13 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from .front import rows, summary
+    from .front import progress, progress_lines, rows
     from .study import load_study
 
     study = load_study(args.study, _storage(args))
     table = rows(study)
     if args.json:
-        print(json.dumps(table, indent=2))
+        print(json.dumps({"progress": progress(study), "trials": table}, indent=2))
         return
     fmt = "{:>5} {:<8} {:<6} {:>6} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}  {}"
     print(fmt.format("trial", "state", "kind", "c", "r", "d", "w", "px", "MACs M", "top-1", "note"))
@@ -103,7 +103,7 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(fmt.format(r["number"], r["state"], r.get("kind", ""), num(r, "c", "{:g}"), num(r, "r"), num(r, "d"),
                          num(r, "w"), num(r, "resolution", "{}"), num(r, "macs_m", "{:.2f}"), num(r, "top1", "{:.2f}"),
                          ("front " if r.get("front") else "") + (r.get("fail_reason") or "")))
-    print(summary(study))
+    print("\n".join(progress_lines(study)))
 
 
 def _add_storage(p: argparse.ArgumentParser) -> None:
@@ -172,7 +172,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_storage(p)
     p.set_defaults(func=cmd_plot)
 
-    p = ssub.add_parser("show", help="list a study's trials, marking the Pareto front")
+    p = ssub.add_parser("show", help="a study's trials and progress: done / running / failed / left, each budget's "
+                                     "best, the Pareto front")
     p.add_argument("study")
     p.add_argument("--json", action="store_true")
     _add_storage(p)

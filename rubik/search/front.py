@@ -54,6 +54,63 @@ def summary(study) -> str:
             f"Pareto front: {len(front_numbers(study))} trial(s)")
 
 
+def progress(study) -> dict[str, Any]:
+    """Where a study stands: planned trials done / running / failed / left, each budget's best, the front."""
+    from collections import Counter
+
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    planned = int(study.user_attrs.get("trials", 0))
+    try:
+        settings = settings_of(study)
+        budgets, planned = settings.budgets, planned + (2 * len(settings.budgets) if settings.references else 0)
+    except RubikError:
+        budgets = []
+    done = {t.user_attrs.get("plan_index") for t in trials if t.state.name == "COMPLETE"}
+    pending = {t.user_attrs.get("plan_index") for t in trials if t.state.name in ("WAITING", "RUNNING")}
+    # A planned trial whose every attempt failed (diverged, infeasible, or out of retries) is given up.
+    given_up = {t.user_attrs.get("plan_index") for t in trials if t.state.name == "FAIL"} - done - pending
+    best: dict[float, Any] = {}
+    for t in _complete(study):
+        c = t.params.get("c")
+        if c not in best or t.user_attrs["top1"] > best[c].user_attrs["top1"]:
+            best[c] = t
+
+    def brief(t) -> dict[str, Any]:
+        a = t.user_attrs
+        return {"trial": t.number, "kind": a.get("kind"), "top1": a.get("top1"), "macs_m": a.get("macs", 0) / 1e6,
+                "r": a.get("r_actual"), "d": t.params.get("d"), "w": a.get("w"), "resolution": a.get("resolution")}
+
+    front = sorted((t for t in study.best_trials), key=lambda t: t.user_attrs.get("macs", 0)) if best else []
+    return {"study": study.study_name, "planned": planned, "done": len(done), "running": states.get("RUNNING", 0),
+            "waiting": states.get("WAITING", 0), "failed": states.get("FAIL", 0), "given_up": len(given_up),
+            "left": max(0, planned - len(done) - len(given_up)),
+            "workers": sorted({t.user_attrs["worker"] for t in trials
+                               if t.state.name == "RUNNING" and "worker" in t.user_attrs}),
+            "best": {f"{c:g}": brief(best[c]) if c in best else None for c in (budgets or sorted(best, reverse=True))},
+            "front": [brief(t) for t in front]}
+
+
+def progress_lines(study) -> list[str]:
+    p = progress(study)
+    pct = 100 * p["done"] / p["planned"] if p["planned"] else 0.0
+    workers = f" on {', '.join(p['workers'])}" if p["workers"] else ""
+    lines = [f"progress: {p['done']} of {p['planned']} planned trials done ({pct:.0f} %); {p['running']} running"
+             f"{workers}; {p['failed']} failed (recorded; {p['given_up']} given up, the rest retried); "
+             f"{p['left']} left ({p['waiting']} waiting)"]
+
+    def describe(b: dict[str, Any]) -> str:
+        return (f"trial {b['trial']} ({b['kind']}) top-1 {b['top1']:.2f}% at {b['macs_m']:.2f}M MACs, "
+                f"r {b['r']:.3f} d {b['d']:.3f} w {b['w']:.3f}, {b['resolution']} px")
+
+    lines.append("best per budget:")
+    for c, b in p["best"].items():
+        lines.append(f"  c={c:<6} " + (describe(b) if b else "no completed trial yet"))
+    lines.append(f"Pareto front (top-1 up, MACs down): {len(p['front'])} trial(s)")
+    lines += [f"  {describe(b)}" for b in p["front"]]
+    return lines
+
+
 def _public_url(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)  # no passwords in a file that gets shared
 
