@@ -34,13 +34,26 @@ def _nbytes(t) -> int:
     return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
 
+def deployed(model: nn.Module) -> nn.Module:
+    """The network as deployed: for a model with train-time re-parameterisable branches (GhostNetV3),
+    a folded copy (`reparameterize()`, as `rubik export` does); any other model itself."""
+    if not callable(getattr(model, "reparameterize", None)) or getattr(model, "is_reparameterized", False):
+        return model
+    import copy
+
+    folded = copy.deepcopy(model)
+    folded.reparameterize()
+    return folded
+
+
 def count(model: nn.Module, resolution: int | tuple[int, int], in_chans: int = 3) -> tuple[int, int]:
-    """(MACs, peak activation bytes) of one forward pass at batch 1.
+    """(MACs, peak activation bytes) of one forward pass at batch 1, of the deployed network (`deployed`).
 
     Peak activation memory is the largest, over layers in execution order, of that layer's input
     plus output plus any block input held alive for a skip connection or a squeeze-excite gate:
     the working set an inference runtime must keep with perfect buffer reuse.
     """
+    model = deployed(model)
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     macs = 0
     held = [0]  # bytes of block inputs that stay alive while the block runs
@@ -107,12 +120,13 @@ def latency(model: nn.Module, resolution: int, threads: int = 1, warmup: int = 1
 
 def profile(model: nn.Module, resolution: int | None = None, measure_latency: bool = True,
             threads: int = 1, runs: int = 50) -> Profile:
-    """Parameters, MACs, peak activation memory and (optionally) CPU latency at batch 1."""
+    """Parameters, MACs, peak activation memory and (optionally) CPU latency at batch 1, deployed (`deployed`)."""
     if resolution is None:
         spec = getattr(model, "spec", None)
         if spec is None:
             raise ValueError("profile needs a resolution for a model that carries no spec")
         resolution = spec.resolution
+    model = deployed(model)
     macs, peak = count(model, resolution)
     ms = latency(model, resolution, threads=threads, runs=runs) if measure_latency else None
     return Profile(resolution, count_params(model), macs, peak, ms)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
+from ..profile import deployed
 from .runtime import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS, Preprocess, RuntimeModelError
 from .runtime import open_session as _open_session
 
@@ -141,7 +142,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, dynamic_batch: bool = Fal
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pre = preprocess_of(model, resolution)
-    folded = fold_batchnorm(ghost_split(model, split))
+    # A model with train-time re-parameterisable branches (GhostNetV3) is exported folded, as deployed.
+    folded = fold_batchnorm(ghost_split(deployed(model), split))
     # torch.export specialises a dimension of size 1, so trace a dynamic batch with 2.
     example = torch.randn(2 if dynamic_batch else batch, 3, pre.resolution, pre.resolution)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None

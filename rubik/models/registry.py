@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import RubikError
-from . import ghost, mbconv, resnet, tvbaseline
+from . import ghost, ghostnetv2, ghostnetv3, mbconv, resnet, tvbaseline
 from .family import Family, FeatureNet
 from .mbconv import TINYNET_RULES
 from .resnet import ResNetRules
@@ -25,6 +25,8 @@ from .tvbaseline import TorchvisionRules
 FAMILIES: dict[str, Family] = {
     "mbconv": mbconv.FAMILY,
     "ghostnet": ghost.FAMILY,
+    "ghostnetv2": ghostnetv2.FAMILY,
+    "ghostnetv3": ghostnetv3.FAMILY,
     "resnet": resnet.FAMILY,
     "torchvision": tvbaseline.FAMILY,
 }
@@ -89,6 +91,19 @@ def _register_all() -> None:
                                             ("130", 1.3, 226, 7.3, 75.7, None)):
         register(ModelSpec(f"ghostnet_{tag}", family="ghostnet", width=w, preprocess=bilinear),
                  Published(hub, macs, params, top1))
+    # GhostNetV2 1.0/1.3/1.6x (Tang et al. 2022) and GhostNetV3 0.5/1.0/1.3/1.6x (Liu et al. 2024), timm's
+    # preprocessing. Only figures found in a source are given (README, "GhostNetV2 and V3"): V2 1.0x 167 M,
+    # 75.3 % (abstract); V2 1.3x / 1.6x top-1 as the paper's table is quoted by keras_cv_attention_models;
+    # V3 1.3x 269 M, 79.1 % (abstract); V3 1.0x 77.1 % (the issue; PaddleClas measured the official EMA file
+    # at 77.13 %). timm's hub ghostnetv3_100 holds the non-EMA weights.
+    for tag, w, macs, top1, hub in (("100", 1.0, 167, 75.3, True), ("130", 1.3, None, 76.9, True),
+                                    ("160", 1.6, None, 77.8, True)):
+        register(ModelSpec(f"ghostnetv2_{tag}", family="ghostnetv2", width=w),
+                 Published(f"timm/ghostnetv2_{tag}.in1k" if hub else None, macs, None, top1))
+    for tag, w, macs, top1, hub in (("050", 0.5, None, None, False), ("100", 1.0, None, 77.1, True),
+                                    ("130", 1.3, 269, 79.1, False), ("160", 1.6, None, None, False)):
+        register(ModelSpec(f"ghostnetv3_{tag}", family="ghostnetv3", width=w),
+                 Published(f"timm/ghostnetv3_{tag}.in1k" if hub else None, macs, None, top1))
     # ResNet-18/34/50/101 (He et al. 2016) in timm's default layout (v1.5), with timm's A1 weights
     # (Wightman et al. 2021, "ResNet strikes back"), evaluated at crop 0.95 bicubic as timm does.
     # MACs: the paper's 1.8 / 3.6 G for 18 / 34; 4.1 / 7.8 G for the v1.5 50 / 101 (torchvision's
