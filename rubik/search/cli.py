@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"study {args.study} in {storage.url}: {len(study.trials)} trials recorded; trial runs under {out}",
           flush=True)
     done = run_worker(study, settings_of(study), args.data, out, workers=args.workers,
-                      log=lambda line: print(line, flush=True), storage_wait=args.storage_wait)
+                      log=lambda line: print(line, flush=True), storage_wait=args.storage_wait, progress=None)
     from .front import summary
 
     ran = sum(o.state == "COMPLETE" for o in done)

@@ -459,8 +459,11 @@ def training_config(settings: SearchSettings, spec, data: str, workers: int | No
 
 def run_worker(study, settings: SearchSettings, data: str, out_dir: str | Path,
                train_fn: TrainFn | None = None, workers: int | None = None,
-               log: Callable[[str], None] = print, storage_wait: float = STORAGE_WAIT_S) -> list[TrialOutcome]:
+               log: Callable[[str], None] = print, storage_wait: float = STORAGE_WAIT_S,
+               progress: bool | None = False) -> list[TrialOutcome]:
     """Run planned trials until none is waiting or running; returns what this worker did.
+
+    progress: each trial's training bar (None: on a terminal only; the trial lines are printed anyway).
 
     While the database does not answer (a restart), every storage call is retried for up to
     `storage_wait` seconds; after that the worker stops with StorageLost (a one-line error).
@@ -496,12 +499,12 @@ def run_worker(study, settings: SearchSettings, data: str, out_dir: str | Path,
         waiting_note = False
         trial = optuna.Trial(study, trial_id)
         with heartbeat(storage, trial_id):
-            done.append(_run_trial(study, trial, settings, data, out_dir, train_fn, workers, log, db))
+            done.append(_run_trial(study, trial, settings, data, out_dir, train_fn, workers, log, db, progress))
 
 
 def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path, train_fn: TrainFn,
                workers: int | None, log: Callable[[str], None],
-               db: Callable[..., Any] = lambda fn, what: fn()) -> TrialOutcome:
+               db: Callable[..., Any] = lambda fn, what: fn(), progress: bool | None = False) -> TrialOutcome:
     import optuna
     from optuna.trial import TrialState
 
@@ -556,7 +559,8 @@ def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path,
     t0 = time.perf_counter()
     try:
         config = training_config(settings, spec, data, workers)
-        summary = train_fn(config, run_dir, progress=False)
+        log(f"{label}]: training {settings.epochs} epoch(s) in {run_dir}")
+        summary = train_fn(config, run_dir, progress=progress)
     except NonFiniteLossError as e:
         return fail(f"diverged: {str(e).split(';')[0]}", retry=False)
     except KeyboardInterrupt:

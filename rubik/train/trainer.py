@@ -368,10 +368,10 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 20  # a NaN check waits for the GPU: not every step there
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from ..progress import Progress  # a bar on a terminal, plain lines in a log
 
-            bar = tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
-                       desc=f"epoch {self.epoch + 1}/{c.epochs}")
+            bar = Progress(self.batches_per_epoch, f"epoch {self.epoch + 1}/{c.epochs}", initial=self.batch_in_epoch,
+                           unit="batch")
         self.t_epoch = t_log = time.perf_counter()
         seen_since_log = 0
         batch_i = self.batch_in_epoch
