@@ -184,3 +184,25 @@ def test_counted_macs_and_params_against_what_was_published(name):
     if pub.hub_id is not None:  # the hub id is one timm publishes weights under
         timm = pytest.importorskip("timm")
         assert pub.hub_id.removeprefix("timm/") in timm.list_pretrained(name + "*")
+
+
+def test_models_profile_and_twist_report_the_folded_network(capsys):
+    import json
+
+    from rubik.cli import main
+
+    assert main(["models", "ghostnetv3_1*", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert round(rows["ghostnetv3_100"]["params_m"], 2) == 6.15 and round(rows["ghostnetv3_100"]["macs_m"], 1) == 167.0
+    assert rows["ghostnetv3_100"]["pretrained"] and rows["ghostnetv3_130"]["paper_top1"] == 79.1
+    assert main(["profile", "ghostnetv3_050", "--json", "--no-latency", "--resolution", "96"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    with torch.device("meta"):
+        model = rubik.create_model("ghostnetv3_050")
+    assert prof["params"] == count_params(deployed(model)) < count_params(model)
+    assert prof["macs"] == v3_macs(model.plan, 96)
+    assert main(["twist", "--base", "ghostnetv3_100", "--ratio", "0.5", "--json", "--no-latency"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    with torch.device("meta"):
+        twisted = rubik.create_model(out["model"])
+    assert out["params"] == count_params(deployed(twisted)) < count_params(twisted)
