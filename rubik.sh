@@ -12,9 +12,10 @@ stamp=.venv/.setup-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   echo "== setting up .venv (torch $(grep -m1 '^torch==' constraints.txt | cut -d= -f3), pinned in constraints.txt)" >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  # -W: setuptools reports every editable install as a warning ("Editable installation."); nothing to act on.
-  .venv/bin/python -W "ignore:Editable installation" -m pip install -q -c constraints.txt -e '.[test]'
+  # -qq: errors only. Otherwise pip repeats the machine's pip.conf warnings (an index "Location ... is
+  # ignored") for every package, and setuptools reports each editable install as a warning.
+  .venv/bin/python -m pip install -qq --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -qq -c constraints.txt -e '.[test]'
   rm -f .venv/.setup-* && touch "$stamp"
 fi
 
