@@ -47,7 +47,7 @@ def test_timm_state_dict_loads_strictly_and_logits_match(name, randomize_bn):
         assert max_diff(model, theirs, x) < 1e-4, (resolution, batch)
 
 
-@pytest.mark.parametrize("name", ["ghostnetv3_050", "ghostnetv3_100"])
+@pytest.mark.parametrize("name", ["ghostnetv3_100"])  # 0.5x: through a weights file below
 def test_v3_folding_keeps_logits_removes_parameters_and_matches_timm_deploy(name, randomize_bn):
     theirs = timm_model(name, randomize_bn)
     model = ours(name).eval()
