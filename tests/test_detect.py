@@ -160,7 +160,7 @@ def test_voc_reader_sets_classes_and_errors(tmp_path):
 def test_not_a_detection_folder(tmp_path):
     with pytest.raises(RubikError, match="neither a COCO folder"):
         open_detection_data(str(tmp_path))
-    with pytest.raises(RubikError, match="digits:K with K in 1..10"):
+    with pytest.raises(RubikError, match="digits:K or digits:K:N with K in 1..10"):
         open_detection_data("digits:11")
 
 

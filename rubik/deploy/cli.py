@@ -40,6 +40,12 @@ def _heldout(calib: str, eval_source: str | None, calib_images, calib_idx: list[
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from ..detect.model import is_detection_run
+
+    if args.weights and is_detection_run(args.weights, args.model):  # a detector: rubik/detect/export.py
+        from ..detect.export import cmd_export as export_detector_cmd
+
+        return export_detector_cmd(args)
     from .export import export_onnx, verify_onnx
 
     out = Path(args.output)

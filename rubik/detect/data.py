@@ -8,8 +8,9 @@ Layouts:
     COCO  DIR/annotations/instances_<split>.json, images in DIR/<split>/ (or DIR/images/<split>/):
           train/val, train2017/val2017, ...; with a single annotation file, val_split is held out.
     VOC   DIR/Annotations/*.xml and DIR/JPEGImages/; DIR/ImageSets/Main/{train,val}.txt when present.
-    digits[:K]  the embedded set (EmbeddedDigits): K of scikit-learn's handwritten digit classes
-          (default 10) pasted onto crops of scikit-learn's two sample photos. A smoke-scale set for the
+    digits[:K[:N]]  the embedded set (EmbeddedDigits): K of scikit-learn's handwritten digit classes
+          (default 10) pasted onto crops of scikit-learn's two sample photos, N training images (default
+          1200) and N/5 validation images. A smoke-scale set for the
           demo and the tests, not a benchmark: 8x8 digits upscaled are blurry, easy objects.
 """
 
@@ -114,7 +115,8 @@ def collate(batch: list) -> tuple[torch.Tensor, list[dict[str, Any]], list[str]]
 
 
 def train_transform(resolution: int, *, hflip: float = 0.5, photometric: bool = True, zoom_out: bool = True,
-                    iou_crop: bool = True, fill: tuple[int, int, int] = (124, 116, 104)):
+                    iou_crop: bool = True, crop_scale: tuple[float, float] = (0.3, 1.0),
+                    fill: tuple[int, int, int] = (124, 116, 104)):
     """SSD's box-aware augmentation (torchvision's detection reference), then a resize to the square input."""
     from torchvision.transforms import v2
 
@@ -124,7 +126,7 @@ def train_transform(resolution: int, *, hflip: float = 0.5, photometric: bool = 
     if zoom_out:
         ops.append(v2.RandomZoomOut(fill=list(fill), side_range=(1.0, 2.0), p=0.5))
     if iou_crop:
-        ops.append(v2.RandomIoUCrop())
+        ops.append(v2.RandomIoUCrop(min_scale=crop_scale[0], max_scale=crop_scale[1]))
     if hflip > 0:
         ops.append(v2.RandomHorizontalFlip(hflip))
     ops += [v2.Resize((resolution, resolution), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
@@ -499,17 +501,18 @@ class EmbeddedDigits:
 
 
 def open_embedded(source: str, seed: int = 0) -> DetectionData:
-    k = 10
-    if ":" in source:
-        try:
-            k = int(source.split(":", 1)[1])
-        except ValueError:
-            k = 0
-        if not 1 <= k <= 10:
-            raise RubikError(f"embedded data {source!r}: write digits:K with K in 1..10 (the classes 0..K-1)")
+    parts = source.split(":")
+    try:
+        k = int(parts[1]) if len(parts) > 1 else 10
+        n = int(parts[2]) if len(parts) > 2 else EMBEDDED_COUNTS["train"]
+    except ValueError:
+        k = n = 0
+    if len(parts) > 3 or not 1 <= k <= 10 or n < 10:
+        raise RubikError(f"embedded data {source!r}: write digits, digits:K or digits:K:N with K in 1..10 (the "
+                         "classes 0..K-1) and N >= 10 training images")
     splits = {}
     for split in ("train", "val"):
-        gen = EmbeddedDigits(split, k)
+        gen = EmbeddedDigits(split, k, n if split == "train" else max(20, n // 5))
         samples = [gen.sample(i, i + 1) for i in range(gen.count)]
         splits[split] = DetectionImages(samples, [str(i) for i in range(k)], embedded=gen)
     names = [str(i) for i in range(k)]

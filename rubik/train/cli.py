@@ -35,6 +35,23 @@ def _default_out(model: str | dict, data: str) -> Path:
     return out
 
 
+def _task(config):
+    """The trainer's task for a model that is not a classifier (a detector), else None."""
+    from ..detect.model import is_detector
+
+    if not is_detector(config.model):
+        return None
+    from ..detect.task import DetectionTask
+
+    return DetectionTask(config)
+
+
+def _detection_run(weights: str, model: str | None) -> bool:
+    from ..detect.model import is_detection_run
+
+    return is_detection_run(weights, model)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .data import DIGITS, DIGITS_DEFAULTS
     from .recipes import apply, build_config, load_yaml, validate
@@ -50,12 +67,18 @@ def cmd_train(args: argparse.Namespace) -> None:
             validate(config)
             if rank == 0:
                 save_config(run_dir, config)
-        summary = train(config, run_dir, resume=True)
+        summary = train(config, run_dir, resume=True, task=_task(config))
     else:
         yaml_values = load_yaml(args.config) if args.config else {}
         data = cli.get("data", yaml_values.get("data", "digits"))
-        config = build_config(data_defaults=DIGITS_DEFAULTS if data == DIGITS else {}, yaml_values=yaml_values,
-                              cli_values=cli)
+        defaults = DIGITS_DEFAULTS if data == DIGITS else {}
+        from ..detect.model import is_detector
+
+        if is_detector(cli.get("model", yaml_values.get("model", ""))):
+            from ..detect.task import data_defaults
+
+            defaults = data_defaults(data)
+        config = build_config(data_defaults=defaults, yaml_values=yaml_values, cli_values=cli)
         if args.print_config:
             import yaml
 
@@ -70,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if rank == 0 and (run_dir / CONFIG_FILE).exists():
             raise RubikError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                              "or choose another --out")
-        summary = train(config, run_dir)
+        summary = train(config, run_dir, task=_task(config))
     if args.json and rank == 0:
         print(json.dumps(summary, indent=2))
 
@@ -131,6 +154,10 @@ def _load(weights: str, model: str | None):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if _detection_run(args.weights, args.model):
+        from ..detect.cli import cmd_eval as detect_eval
+
+        return detect_eval(args)
     import torch
     from torch.utils.data import DataLoader
 
@@ -196,6 +223,10 @@ def _images(paths: list[str], transform):
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    if _detection_run(args.weights, args.model):
+        from ..detect.cli import cmd_predict as detect_predict
+
+        return detect_predict(args)
     import torch
 
     from .data import eval_transform
@@ -279,6 +310,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="a run directory or a weights file")
     p.add_argument("--model", help="the architecture, for a bare weights file")
     p.add_argument("--top-k", dest="top_k", type=int, default=5)
+    p.add_argument("-o", "--out", help="detectors: where to save the image with its boxes drawn (one IMAGE; "
+                                       "default IMAGE_boxes.png)")
+    p.add_argument("--min-score", dest="min_score", type=float, default=0.3,
+                   help="detectors: draw boxes from this score")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

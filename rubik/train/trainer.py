@@ -96,8 +96,11 @@ def classifier_only(name: str) -> bool:
 
 
 class Trainer:
-    def __init__(self, c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None):
-        self.c, self.run_dir = c, Path(run_dir)
+    def __init__(self, c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None,
+                 task: Any = None):
+        # `task`: a model that is not a classifier (rubik.detect.task.DetectionTask) supplies its data, model,
+        # batch loss and evaluation; the loop, optimiser, EMA, checkpoints and resume stay the trainer's.
+        self.c, self.run_dir, self.task = c, Path(run_dir), task
         device_kind = "cuda" if (c.device == "auto" and torch.cuda.is_available()) or c.device.startswith("cuda") \
             else "cpu"
         self.d = distributed.init(device_kind)
@@ -120,16 +123,19 @@ class Trainer:
         self._setup_logging()
         torch.manual_seed(c.seed)  # the same initial weights on every process
 
-        spec = get_spec(c.model)
-        pre = spec.preprocess
-        self.spec = replace(spec, resolution=c.resolution or spec.resolution,
-                            preprocess=replace(pre, crop_pct=c.crop_pct or pre.crop_pct,
-                                               interpolation=c.interpolation or pre.interpolation))
-        self.data = open_data(c.data, self.spec.resolution, c.val_split, c.seed, c.strict)
-        self.num_classes = len(self.data.classes)
-        self.net = build(self.spec, num_classes=self.num_classes, drop_rate=c.drop_rate,
-                         drop_connect_rate=c.drop_connect_rate)
-        self._load_initial_weights(spec)
+        if task is not None:
+            task.setup(self)  # sets spec, data, num_classes and net (initial weights loaded)
+        else:
+            spec = get_spec(c.model)
+            pre = spec.preprocess
+            self.spec = replace(spec, resolution=c.resolution or spec.resolution,
+                                preprocess=replace(pre, crop_pct=c.crop_pct or pre.crop_pct,
+                                                   interpolation=c.interpolation or pre.interpolation))
+            self.data = open_data(c.data, self.spec.resolution, c.val_split, c.seed, c.strict)
+            self.num_classes = len(self.data.classes)
+            self.net = build(self.spec, num_classes=self.num_classes, drop_rate=c.drop_rate,
+                             drop_connect_rate=c.drop_connect_rate)
+            self._load_initial_weights(spec)
         self.net.to(self.device, memory_format=torch.channels_last if c.channels_last else torch.preserve_format)
         if c.sync_bn and self.d.enabled:
             if self.device.type == "cuda":
@@ -164,8 +170,8 @@ class Trainer:
             self._resume()
         if self.d.main:
             atomic_write_text(self.run_dir / RUN_MODEL_FILE, json.dumps(
-                {"model": self.spec.to_dict(), "num_classes": self.num_classes, "classes": self.data.classes},
-                indent=2))
+                {"model": self.spec.to_dict(), "num_classes": self.num_classes, "classes": self.data.classes,
+                 **(self.task.run_meta() if self.task is not None else {})}, indent=2))
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -228,6 +234,9 @@ class Trainer:
 
     def _build_loaders(self) -> None:
         c, d = self.c, self.d
+        if self.task is not None:
+            self._build_task_loaders()
+            return
         mean, std = self.spec.preprocess.mean, self.spec.preprocess.std
         res, interp = self.spec.resolution, self.spec.preprocess.interpolation
         train_tf = train_transform(res, mean, std, scale=c.crop_scale, ratio=c.crop_ratio, interpolation=interp,
@@ -252,6 +261,27 @@ class Trainer:
                                        generator=torch.Generator().manual_seed(c.seed), **common)
         self.val_loader = DataLoader(Transformed(self.data.val, val_tf), batch_size=c.batch_size * 2,
                                      sampler=Shard(len(self.data.val), d.rank, d.world_size), **common)
+
+    def _build_task_loaders(self) -> None:
+        c, d = self.c, self.d
+        self.data_path, self.data_path_why = "files", f"{type(self.task).__name__} reads its own data"
+        train_set, val_set, collate_fn = self.task.datasets(self)
+        self.train_sampler = EpochSampler(len(train_set), c.seed, d.rank, d.world_size)
+        self.steps_per_epoch = self.train_sampler.per_rank // c.batch_size // c.accum_steps
+        if self.steps_per_epoch < 1:
+            raise RubikError(f"too few training images ({len(train_set)}) for a batch of {c.batch_size} x "
+                             f"{c.accum_steps} accumulation x {d.world_size} processes; lower --batch-size")
+        if c.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, c.steps_per_epoch)
+        self.batches_per_epoch = self.steps_per_epoch * c.accum_steps
+        workers = default_workers(c)
+        common = dict(num_workers=workers, collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
+                      persistent_workers=workers > 0)
+        self.train_loader = DataLoader(train_set, batch_sampler=BatchSampler(self.train_sampler, c.batch_size,
+                                                                             drop_last=True),
+                                       generator=torch.Generator().manual_seed(c.seed), **common)
+        self.val_loader = DataLoader(val_set, batch_size=c.batch_size * 2,
+                                     sampler=Shard(len(val_set), d.rank, d.world_size), **common)
 
     def _resume(self) -> None:
         found = latest_checkpoint(self.run_dir)
@@ -386,19 +416,24 @@ class Trainer:
                 images = images.to(self.device, non_blocking=True)
                 if c.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                targets = targets.to(self.device, non_blocking=True)
+                if self.task is None:
+                    targets = targets.to(self.device, non_blocking=True)
                 no_sync = self.model.no_sync() if (d.enabled and not sync and hasattr(self.model, "no_sync")) \
                     else nullcontext()
                 with no_sync:
                     with self._autocast():
-                        logits = self.model(images)
-                        loss = self.criterion(logits, targets)
+                        if self.task is not None:
+                            loss, n, correct = self.task.loss(self.model, images, targets)
+                        else:
+                            logits = self.model(images)
+                            loss = self.criterion(logits, targets)
                     (loss / c.accum_steps).backward()
                 loss = loss.detach().float()
                 bad |= ~torch.isfinite(loss)
-                n = targets.numel()
+                if self.task is None:
+                    n, correct = targets.numel(), (logits.detach().argmax(1) == targets).sum()
                 sums[0] += loss * n
-                sums[1] += (logits.detach().argmax(1) == targets).sum()
+                sums[1] += correct
                 sums[2] += n
                 seen_since_log += n
             batch_i += 1
@@ -463,20 +498,28 @@ class Trainer:
             while self.epoch < c.epochs:
                 train = self.train_epoch()
                 kw = dict(channels_last=c.channels_last, amp_dtype=self.amp_dtype, dist_info=self.d)
-                raw = evaluate(self.net, self.val_loader, self.num_classes, self.device, **kw)
-                ema = evaluate(self.ema.module, self.val_loader, self.num_classes, self.device, **kw) \
-                    if self.ema is not None else None
+                if self.task is not None:
+                    raw = self.task.evaluate(self.net, self.val_loader, self.device, **kw)
+                    ema = self.task.evaluate(self.ema.module, self.val_loader, self.device, **kw) \
+                        if self.ema is not None else None
+                else:
+                    raw = evaluate(self.net, self.val_loader, self.num_classes, self.device, **kw)
+                    ema = evaluate(self.ema.module, self.val_loader, self.num_classes, self.device, **kw) \
+                        if self.ema is not None else None
+                k1, k5 = self.task.metric_keys if self.task is not None else ("top1", "top5")
+                l1, l5 = self.task.metric_labels if self.task is not None else ("top-1", "top-5")
                 row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                        **{k: round(v, 6) for k, v in train.items()},
-                       "val_loss": round(raw.loss, 6), "val_top1": round(raw.top1, 4), "val_top5": round(raw.top5, 4),
-                       "ema_val_loss": round(ema.loss, 6) if ema else "", "ema_val_top1": round(ema.top1, 4) if ema
-                       else "", "ema_val_top5": round(ema.top5, 4) if ema else "", "skipped_images": len(self.skipped)}
+                       "val_loss": round(raw.loss, 6), f"val_{k1}": round(raw.top1, 4), f"val_{k5}": round(raw.top5, 4),
+                       "ema_val_loss": round(ema.loss, 6) if ema else "", f"ema_val_{k1}": round(ema.top1, 4) if ema
+                       else "", f"ema_val_{k5}": round(ema.top5, 4) if ema else "", "skipped_images": len(self.skipped)}
                 self.history.append(row)
                 self._update_best(raw, ema)
-                ema_txt = f" | ema top-1 {ema.top1:.2f}%" if ema else ""
+                ema_txt = f" | ema {l1} {ema.top1:.2f}%" if ema else ""
+                train_txt = f"top-1 {train['train_top1']:.1f}% " if self.task is None else ""
                 log.info(f"epoch {self.epoch + 1}/{c.epochs} train loss {train['train_loss']:.4f} "
-                         f"top-1 {train['train_top1']:.1f}% | val loss {raw.loss:.4f} top-1 {raw.top1:.2f}% "
-                         f"top-5 {raw.top5:.2f}%{ema_txt} | {train['images_per_s']:.0f} img/s"
+                         f"{train_txt}| val loss {raw.loss:.4f} {l1} {raw.top1:.2f}% "
+                         f"{l5} {raw.top5:.2f}%{ema_txt} | {train['images_per_s']:.0f} img/s"
                          + (f" | {len(self.skipped)} unreadable images skipped" if self.skipped else ""))
                 if writer is not None:
                     for k, v in row.items():
@@ -496,7 +539,8 @@ class Trainer:
         summary = {"run_dir": str(self.run_dir), "best": self.best, "epochs": c.epochs, "steps": self.step,
                    "skipped_images": len(self.skipped)}
         if self.d.main:
-            log.info(f"best validation top-1 {self.best['top1']:.2f}% ({self.best['weights']} weights, epoch "
+            label = self.task.metric_labels[0] if self.task is not None else "top-1"
+            log.info(f"best validation {label} {self.best['top1']:.2f}% ({self.best['weights']} weights, epoch "
                      f"{self.best['epoch']}) saved as {self.run_dir / RUN_WEIGHTS_FILE}")
         distributed.barrier(self.d)
         return summary
@@ -522,12 +566,13 @@ def latest_checkpoint_name(run_dir: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
-def train(c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Train (or continue) a run; returns a summary with the best validation result."""
+def train(c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None,
+          task: Any = None) -> dict[str, Any]:
+    """Train (or continue) a run; returns a summary with the best validation result. `task`: see Trainer."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     trainer = None
     try:
-        trainer = Trainer(c, run_dir, resume=resume, progress=progress)
+        trainer = Trainer(c, run_dir, resume=resume, progress=progress, task=task)
         return trainer.fit()
     except RubikError as e:
         raise worker_error(e) from None

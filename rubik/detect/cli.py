@@ -1,0 +1,155 @@
+"""`rubik eval` and `rubik predict` for detector runs (rubik/train/cli.py hands them over)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from ..errors import RubikError
+
+RUN_MODEL_FILE, RUN_WEIGHTS_FILE = "model.json", "best.safetensors"  # what the trainer writes in a run directory
+
+
+def load_detector(weights: str | Path, model=None):
+    """A trained detector in eval mode from a run directory (model.json + best.safetensors), or a file + --model."""
+    from ..models.weights import WeightsError, load_weights, read_state_dict
+    from .model import build_detector
+
+    path, classes = Path(weights), None
+    if path.is_dir():
+        meta_path = path / RUN_MODEL_FILE
+        if not meta_path.is_file():
+            raise WeightsError(f"{path} is not a training run directory (no {RUN_MODEL_FILE}); pass the run "
+                               "directory that `rubik train --out` wrote, or a weights file with --model")
+        meta = json.loads(meta_path.read_text())
+        model, classes = model or meta["model"], meta.get("classes")
+        num_classes = int(meta["num_classes"])
+        path = path / RUN_WEIGHTS_FILE
+        state = read_state_dict(path)
+    else:
+        if model is None:
+            raise WeightsError(f"weights file {path} does not say which detector it is for; name one (--model NAME)")
+        state = read_state_dict(path)
+        logits = next((v for k, v in state.items() if k.endswith("classification_head.module_list.0.1.weight")
+                       or k.endswith("classification_head.module_list.0.1.0.weight")), None)
+        if logits is None:
+            raise WeightsError(f"weights file {path} holds no SSDLite classification head; is it a detector's?")
+        anchors = 6  # ssdlite's default boxes per location on the first map
+        num_classes = logits.shape[0] // anchors - 1
+    net = build_detector(model, num_classes, classes=classes)
+    load_weights(net, state, source=f"weights file {path}")
+    return net.eval()
+
+
+def _resize_input(image, resolution: int):
+    """A PIL image -> the model's 1x3xRxR float input, as the evaluation transform and the deployed runtime do."""
+    import torch
+
+    from .data import eval_transform
+
+    return eval_transform(resolution)(image).unsqueeze(0).to(torch.float32)
+
+
+def detect_image(net, image, min_score: float = 0.0):
+    """[(box x1 y1 x2 y2 in the image's pixels, score, label index 1..K)] of one PIL image."""
+    import torch
+
+    res = net.spec.resolution
+    with torch.no_grad():
+        out = net(_resize_input(image, res))[0]
+    sx, sy = image.width / res, image.height / res
+    scale = torch.tensor([sx, sy, sx, sy])
+    keep = out["scores"] >= min_score
+    return [(b.tolist(), float(s), int(lab)) for b, s, lab in
+            zip(out["boxes"][keep] * scale, out["scores"][keep], out["labels"][keep], strict=True)]
+
+
+def draw_boxes(image, detections, names: list[str], out: Path) -> Path:
+    """Save `image` with each (box, score, label) drawn and captioned with its class name and score."""
+    from PIL import ImageDraw
+
+    from ..train.checkpoint import atomic_write
+
+    canvas = image.copy()
+    draw = ImageDraw.Draw(canvas)
+    palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+               (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+    width = max(1, round(min(image.size) / 160))
+    for box, score, label in sorted(detections, key=lambda d: d[1]):
+        color = palette[(label - 1) % len(palette)]
+        draw.rectangle(box, outline=color, width=width)
+        text = f"{names[label - 1] if 0 < label <= len(names) else label} {score:.2f}"
+        x, y = box[0], max(0, box[1] - 11)
+        left, top, right, bottom = draw.textbbox((x, y), text)
+        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=color)
+        draw.text((x, y), text, fill=(0, 0, 0))
+    atomic_write(out, lambda p: canvas.save(p, format="PNG"))
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    net = load_detector(args.weights, args.model)
+    names = net.classes or [str(i + 1) for i in range(net.num_object_classes)]
+    if args.out and len(args.images) > 1:
+        raise RubikError("-o names one output image: give one IMAGE, or leave -o out (IMAGE_boxes.png each)")
+    results = []
+    for path in args.images:
+        try:
+            with Image.open(path) as f:
+                image = f.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:
+            raise RubikError(f"cannot read image {path} ({type(e).__name__}); give a JPEG/PNG file") from None
+        dets = detect_image(net, image, args.min_score)
+        out = Path(args.out) if args.out else Path(f"{Path(path).stem}_boxes.png")
+        if out.resolve() == Path(path).resolve():
+            raise RubikError(f"-o {out} is the input image; choose another file name")
+        draw_boxes(image, dets, names, out)
+        results.append({"image": path, "out": str(out), "boxes": [
+            {"class": names[lab - 1], "score": round(s, 4), "box": [round(v, 1) for v in b]} for b, s, lab in dets]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        print(f"{r['image']}: {len(r['boxes'])} boxes with score >= {args.min_score} -> {r['out']}")
+        for b in r["boxes"]:
+            print(f"  {b['class']:<12} {b['score']:.2f}  {b['box']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..train.data import Transformed, worker_error
+    from .data import collate, eval_transform, open_detection_data
+    from .evaluate import evaluate_detector
+
+    net = load_detector(args.weights, args.model)
+    if args.resolution:
+        from dataclasses import replace
+
+        net.spec = replace(net.spec, resolution=args.resolution)
+        net.transform.fixed_size = (args.resolution, args.resolution)
+    data = open_detection_data(args.data, strict=args.strict, classes=net.classes, split="val")
+    if net.classes is not None and list(net.classes) != list(data.classes):
+        raise RubikError(f"the data's classes {data.classes[:4]}... differ from the model's {net.classes[:4]}...; "
+                         "evaluate on data with the classes the model was trained on")
+    loader = DataLoader(Transformed(data.val, eval_transform(net.spec.resolution)), batch_size=args.batch_size,
+                        num_workers=args.workers, collate_fn=collate)
+    try:
+        result = evaluate_detector(net, loader, data.val.samples, data.classes, torch.device("cpu"))
+    except RubikError as e:
+        raise worker_error(e) from None
+    if args.json:
+        print(json.dumps({"map": result.map, "map50": result.map50, "images": result.count,
+                          "per_class_ap": dict(zip(data.classes, result.per_class, strict=True)),
+                          "data": data.description}, indent=2))
+        return
+    print(f"{data.description}")
+    print(f"{result.count} images: mAP@[.5:.95] {result.map:.2f}  mAP@.5 {result.map50:.2f}  (COCO, pycocotools)")
+    width = max(len(c) for c in data.classes)
+    for name, ap in zip(data.classes, result.per_class, strict=True):
+        print(f"  {name:<{width}}  AP {'-' if math.isnan(ap) else f'{ap:6.2f}'}")
