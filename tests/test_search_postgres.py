@@ -35,13 +35,18 @@ WORKER = textwrap.dedent("""
 
     settings = SearchSettings(budgets=[0.5, 0.25], base_resolution=32, r_range=[0.5, 0.8], d_range=[0.5, 1.2],
                               epochs=1)
-    storage = open_storage(url, heartbeat=1)
-    study = create_or_join("shared", settings, trials, storage)
-    ready = Path(out) / "ready"  # start together: a worker slow to import torch must not find the study done
+    # Start together: a worker slow to import torch must not find the study done, and all of them creating
+    # the fresh database's tables at the same moment is the race open_storage must survive.
+    ready = Path(out) / "ready"
     ready.mkdir(parents=True, exist_ok=True)
     (ready / str(os.getpid())).touch()
+    deadline = time.monotonic() + 180
     while len(list(ready.iterdir())) < workers:
-        time.sleep(0.1)
+        if time.monotonic() > deadline:
+            sys.exit("the other workers did not start")
+        time.sleep(0.05)
+    storage = open_storage(url, heartbeat=1)
+    study = create_or_join("shared", settings, trials, storage)
     done = run_worker(study, settings, "digits", out, train_fn=slow_train, storage_wait=wait,
                       log=lambda line: print(line, flush=True))
     print("DID", " ".join(str(o.number) for o in done if o.state == "COMPLETE"), flush=True)

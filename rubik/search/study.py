@@ -121,10 +121,15 @@ def open_storage(url: str | None = None, heartbeat: int = 10):
         except ImportError:
             raise RubikError(f"storage URL {url!r} needs a database driver that could not be imported; "
                              "install the package for it or use sqlite") from None
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as e:
-            # Two processes creating the tables of a fresh SQLite file at once (a lock, or both inserting
-            # the schema version row): the loser waits and retries, and then finds the tables made.
-            if attempt == 4 or not url.startswith("sqlite"):
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # Two processes creating the tables of a fresh database at once (SQLite: a lock, or both inserting
+            # the schema version row; PostgreSQL: both creating a table's type, "duplicate key value" or
+            # "already exists"): the loser waits and retries, and then finds the tables made. Elsewhere a
+            # server that does not answer (OperationalError) is an error at once.
+            schema_race = url.startswith("sqlite") or (
+                not isinstance(e, sqlalchemy.exc.OperationalError)
+                and any(s in str(e.orig).lower() for s in ("duplicate key", "already exists")))
+            if attempt == 4 or not schema_race:
                 raise RubikError(f"cannot open storage {url!r} ({str(e.orig).splitlines()[0]}); {hint}") from None
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
