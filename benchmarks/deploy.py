@@ -10,15 +10,24 @@ init shrinks activations into subnormal floats, which makes float timings errati
                         split so no Ghost module concatenates (rubik/deploy/layout.py)
   rubik int8            rubik export --int8: U8S8 per-channel QDQ, float stem/thin layers, timed boundary;
                         GhostNet split in the blocks int8 leaves float
+  ET fp32 (plain)       timm's model lowered by ExecuTorch's defaults (torch.export, XNNPACK partitioner)
+  ET int8 (plain)       the same with PT2E int8 from ExecuTorch's XNNPACK quantizer (its defaults,
+                        per-channel), calibrated on the same photos as rubik's int8
+  rubik ET fp32/int8    rubik export --format executorch [--int8] (the deployed module: no Ghost no-op slice)
+ExecuTorch's XNNPACK thread pool is pinned to --threads, like ONNX Runtime's intra-op threads.
+
+The table ends with rubik's fastest int8 file (ORT or ExecuTorch) against plain ORT fp32 and against
+ExecuTorch's out-of-the-box int8 of timm's model (the issue's acceptance: >= 1.5x and >= 1.15x).
 
 Accuracy: a CIFAR-10 model trained with `rubik train` (tinynet_a at 32 px, 8 epochs of the `small`
 recipe with crops keeping >= 80 % of the image, about 25 min on 2 quiet cores, cached under --work;
 or --run RUN_DIR), then fp32 vs int8 top-1 on the 10,000 CIFAR-10 test images, calibrated on 256
-training images. Needs ../shared/datasets.
+training images, for ONNX Runtime and for ExecuTorch. Needs ../shared/datasets.
 
     .venv/bin/python benchmarks/deploy.py       # everything (~45 min on 2 cores; the trained model is cached)
     .venv/bin/python benchmarks/deploy.py --skip-speed --run runs/cifar-tinynet_a
     .venv/bin/python benchmarks/deploy.py --skip-accuracy --models tinynet_e --rounds 50
+    .venv/bin/python benchmarks/deploy.py --skip-executorch   # ONNX Runtime sides only
 """
 
 from __future__ import annotations
@@ -35,11 +44,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rubik.deploy.bench import realistic_batchnorm, time_interleaved, torch_threads  # noqa: E402
+from rubik.deploy.bench import realistic_batchnorm, torch_threads  # noqa: E402
 from rubik.deploy.export import export_onnx  # noqa: E402
 from rubik.deploy.images import open_images, sample, sample_photos  # noqa: E402
 from rubik.deploy.quantize import check_int8, quantize_int8  # noqa: E402
 from rubik.deploy.runtime import open_session  # noqa: E402
+from rubik.timing import time_interleaved  # noqa: E402
 
 MODELS = ["tinynet_a", "tinynet_e", "ghostnet_100", "efficientnet_b0"]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
@@ -83,7 +93,31 @@ def plain_int8(fp32: Path, res: int, out: Path) -> Path:
     return out
 
 
-def speed(models: list[str], work: Path, rounds: int, threads: int) -> list[dict]:
+def executorch_sides(name: str, ours, theirs, x: torch.Tensor, work: Path, threads: int) -> dict:
+    """Runners of timm's model lowered by ExecuTorch's defaults (fp32, PT2E int8) and of rubik's .pte files."""
+    from rubik.deploy.executorch import export_executorch, lower
+    from rubik.deploy.export import preprocess_of
+    from rubik.deploy.runtime import ExecuTorchModel
+
+    photos = sample_photos(64)
+    pre = preprocess_of(ours)
+    print("   ExecuTorch: lowering timm's model (fp32, int8) and rubik's (fp32, int8)", flush=True)
+    plain_fp32, _ = lower(theirs, x, work / f"{name}.plain.pte")
+    plain_int8, outside = lower(theirs, x, work / f"{name}.plain.int8.pte",
+                                (torch.from_numpy(pre([im])) for im in photos))
+    et_fp32 = export_executorch(ours, work / f"{name}.pte")
+    et_int8 = export_executorch(ours, work / f"{name}.int8.pte", calib_images=photos, calib_n=64)
+    for label, ops in (("timm int8", outside), ("rubik fp32", et_fp32.outside), ("rubik int8", et_int8.outside)):
+        if ops:
+            print(f"   {label}: outside the XNNPACK delegate: {', '.join(ops)}", flush=True)
+    xn = x.numpy()
+    models = {"ET fp32 (plain)": plain_fp32, "ET int8 (plain)": plain_int8, "rubik ET fp32": et_fp32.path,
+              "rubik ET int8": et_int8.path}
+    loaded = {k: ExecuTorchModel(p, threads) for k, p in models.items()}
+    return {k: (lambda m=m, xn=xn: m.run(xn)) for k, m in loaded.items()}
+
+
+def speed(models: list[str], work: Path, rounds: int, threads: int, executorch: bool = True) -> list[dict]:
     import timm
 
     import rubik
@@ -116,6 +150,8 @@ def speed(models: list[str], work: Path, rounds: int, threads: int) -> list[dict
         fns = {"timm eager": eager}
         for k, s in sessions.items():
             fns[k] = (lambda s=s, xn=xn: s.run(None, {"input": xn}))
+        if executorch:
+            fns.update(executorch_sides(name, ours, theirs, x, work, threads))
         with torch_threads(threads):
             times = time_interleaved(fns, runs=rounds, warmup=10)
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -136,14 +172,21 @@ def print_speed(rows: list[dict]) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    cols = ["timm eager", "ORT fp32 (plain)", "ORT int8 (plain)", "rubik fp32", "rubik int8"]
-    print("| model | res | " + " | ".join(cols) + " | rubik fp32 vs eager | rubik int8 vs ORT fp32 (plain) "
-          "| rubik int8 vs rubik fp32 |")
-    print("|---" * (len(cols) + 5) + "|")
+    cols = [c for c in ["timm eager", "ORT fp32 (plain)", "ORT int8 (plain)", "rubik fp32", "rubik int8",
+                        "ET fp32 (plain)", "ET int8 (plain)", "rubik ET fp32", "rubik ET int8"] if c in rows[0]]
+    et = "rubik ET int8" in cols
+    extra = ["rubik fp32 vs eager", "rubik int8 vs ORT fp32 (plain)"]
+    extra += ["fastest rubik int8", "vs ORT fp32 (plain)", "vs ET int8 (plain)"] if et else []
+    print("| model | res | " + " | ".join(cols + extra) + " |")
+    print("|---" * (len(cols) + len(extra) + 2) + "|")
     for r in rows:
         cells = " | ".join(f"{r[c]:.2f}" for c in cols)
-        print(f"| {r['model']} | {r['res']} | {cells} | {r['timm eager'] / r['rubik fp32']:.2f}x | "
-              f"{r['ORT fp32 (plain)'] / r['rubik int8']:.2f}x | {r['rubik fp32'] / r['rubik int8']:.2f}x |")
+        line = f"| {r['model']} | {r['res']} | {cells} | {r['timm eager'] / r['rubik fp32']:.2f}x | " \
+               f"{r['ORT fp32 (plain)'] / r['rubik int8']:.2f}x |"
+        if et:
+            best = min(("rubik int8", "rubik ET int8"), key=lambda c: r[c])
+            line += f" {best} | {r['ORT fp32 (plain)'] / r[best]:.2f}x | {r['ET int8 (plain)'] / r[best]:.2f}x |"
+        print(line)
     print("ms, median of interleaved rounds, batch 1, 1 thread, random weights with measured BatchNorm statistics")
 
 
@@ -175,11 +218,12 @@ def train_cifar(work: Path, arch: str, epochs: int) -> Path:
     return run
 
 
-def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, threads: int) -> dict:
+def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, threads: int,
+             executorch: bool = True) -> dict:
     import onnx
 
     from rubik.deploy.export import set_metadata
-    from rubik.models.weights import load_trained
+    from rubik.train.run_dir import load_trained
 
     run = run or train_cifar(work, arch, epochs)
     model = load_trained(run)
@@ -209,6 +253,14 @@ def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, 
     onnx.save(m, str(plain))
     out["ORT int8 (plain: defaults, random calibration)"] = check_int8(fp32, plain, test, model.classes, threads)
     print(f"   plain: {out['ORT int8 (plain: defaults, random calibration)']}", flush=True)
+    if executorch:
+        from rubik.deploy.executorch import export_executorch
+
+        et_fp32 = export_executorch(model, work / f"{run.name}.pte").path
+        et_int8 = export_executorch(model, work / f"{run.name}.int8.pte", calib_images=calib.images).path
+        label = "rubik export --format executorch --int8 (PT2E, XNNPACK quantizer)"
+        out[label] = check_int8(et_fp32, et_int8, test, model.classes, threads)
+        print(f"   {label}: {out[label]}", flush=True)
     return {"model": run.name, "results": out}
 
 
@@ -220,6 +272,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/rubik-bench-deploy", help="scratch folder (data, models, runs)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--skip-executorch", action="store_true", help="ONNX Runtime and eager sides only")
     p.add_argument("--run", type=Path, help="a `rubik train` run on CIFAR-10 to check int8 on (default: train one)")
     p.add_argument("--arch", default="tinynet_a", help="architecture trained on CIFAR-10 when --run is not given")
     p.add_argument("--epochs", type=int, default=8)
@@ -233,9 +286,16 @@ def main() -> None:
                 if line.startswith("model name")), platform.processor())
     import onnxruntime
 
-    print(f"machine: {cpu}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-    acc = None if args.skip_accuracy else accuracy(work, args.run, args.arch, args.epochs, args.eval_n, args.threads)
-    rows = [] if args.skip_speed else speed(args.models, work, args.rounds, args.threads)
+    et_version = ""
+    if not args.skip_executorch:
+        from importlib.metadata import version
+
+        et_version = f", executorch {version('executorch')}"
+    print(f"machine: {cpu}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}{et_version}")
+    et = not args.skip_executorch
+    acc = None if args.skip_accuracy else accuracy(work, args.run, args.arch, args.epochs, args.eval_n, args.threads,
+                                                   et)
+    rows = [] if args.skip_speed else speed(args.models, work, args.rounds, args.threads, et)
     if rows:
         print_speed(rows)
     if acc:

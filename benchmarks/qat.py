@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from rubik.deploy.export import export_onnx  # noqa: E402
 from rubik.deploy.images import open_images, sample  # noqa: E402
 from rubik.deploy.quantize import check_int8, quantize_int8  # noqa: E402
-from rubik.models.weights import load_trained  # noqa: E402
+from rubik.train.run_dir import load_trained  # noqa: E402
 
 
 def train(out: Path, *args: str) -> None:

@@ -94,7 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    if "twist" in sub.choices:  # cube does not import deploy: the deploy runtimes' latency is wired here
+        sub.choices["twist"].set_defaults(latency_runtimes=LATENCY_RUNTIMES)
     return parser
+
+
+def _deploy_latency(runtime: str):
+    def measure(spec) -> float:
+        from .deploy.bench import spec_latency
+
+        return spec_latency(runtime)(spec)
+
+    return measure
+
+
+LATENCY_RUNTIMES = {"onnxruntime": _deploy_latency("onnxruntime"), "executorch": _deploy_latency("executorch")}
 
 
 def _check_sizes(args: argparse.Namespace) -> None:

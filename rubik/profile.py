@@ -8,14 +8,13 @@ residual adds are not counted, as in the papers' PyTorch counters.
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from .models.layers import Residual
+from .timing import median_ms
 
 
 @dataclass
@@ -105,17 +104,11 @@ def latency(model: nn.Module, resolution: int, threads: int = 1, warmup: int = 1
     torch.set_num_threads(threads)
     model.eval()
     x = torch.randn(batch, 3, resolution, resolution)
-    times = []
     try:
         with torch.inference_mode():
-            for i in range(warmup + runs):
-                start = time.perf_counter()
-                model(x)
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1e3)
+            return median_ms({"model": lambda: model(x)}, runs=runs, warmup=warmup)["model"]
     finally:
         torch.set_num_threads(before)
-    return statistics.median(times)
 
 
 def profile(model: nn.Module, resolution: int | None = None, measure_latency: bool = True,

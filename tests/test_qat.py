@@ -7,8 +7,8 @@ import torch
 from train_helpers import QUICK, TINY_SPEC, make_image_folder, rubik_cli, sets
 
 import rubik
-from rubik.models.weights import load_trained
 from rubik.train.qat import QATConv2d, QATLinear, fake_quant_weight, load_ranges, measure_ranges, prepare_qat
+from rubik.train.run_dir import load_trained
 
 
 @pytest.fixture

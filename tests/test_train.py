@@ -13,10 +13,11 @@ import torch
 from train_helpers import QUICK, TINY_SPEC, make_image_folder, rubik_cli, write_spec
 
 from rubik.errors import RubikError
-from rubik.models.weights import load_trained, read_state_dict
+from rubik.models.weights import read_state_dict
 from rubik.train import build_config, checkpoint, train
 from rubik.train.data import DIGITS_DEFAULTS, EpochSampler, open_data
 from rubik.train.recipes import RECIPES, load_yaml, parse_overrides
+from rubik.train.run_dir import load_trained
 
 
 def quick(**values) -> dict:

@@ -128,7 +128,7 @@ def test_pretrained_loads_what_the_hub_returns(monkeypatch, tmp_path, trained):
 def test_load_trained_from_run_dir_and_from_file(tmp_path, trained):
     import json
 
-    from rubik.models.weights import load_trained
+    from rubik.train.run_dir import load_trained
 
     small = rubik.create_model("tinynet_e", num_classes=3).eval()
     run = tmp_path / "run"

@@ -13,29 +13,17 @@ def _torch_latency(spec) -> float:
     return latency(deployed(build(spec)), spec.resolution, threads=1, runs=30)  # GhostNetV3 folded
 
 
-def _onnxruntime_latency(spec) -> float:
-    """Median ms of the model exported as rubik export writes it (BN folded), in ONNX Runtime, one thread."""
-    import statistics
-    import tempfile
-    from pathlib import Path
+def _measure(args: argparse.Namespace):
+    """The latency function for --runtime: torch here (models level); the deploy runtimes are handed in by
+    the CLI layer above (`rubik.cli` sets `latency_runtimes`), so cube never imports deploy."""
+    if args.runtime == "torch":
+        return _torch_latency
+    runtimes = getattr(args, "latency_runtimes", None) or {}
+    if args.runtime not in runtimes:
+        from ..errors import RubikError
 
-    import numpy as np
-
-    from ..deploy.bench import time_interleaved
-    from ..deploy.export import export_onnx, open_session
-    from ..models import build
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(build(spec).eval(), Path(tmp) / "candidate.onnx")
-        session = open_session(path, threads=1)
-        x = np.random.default_rng(0).standard_normal((1, 3, spec.resolution, spec.resolution), dtype=np.float32)
-        name = session.get_inputs()[0].name
-        times = time_interleaved({"ort": lambda: session.run(None, {name: x})}, runs=50)["ort"]
-    return statistics.median(times)
-
-
-def _measure(runtime: str):
-    return _torch_latency if runtime == "torch" else _onnxruntime_latency
+        raise RubikError(f"no latency function for --runtime {args.runtime}; run twist through the `rubik` command")
+    return runtimes[args.runtime]
 
 
 def cmd_twist(args: argparse.Namespace) -> None:
@@ -61,7 +49,7 @@ def cmd_twist(args: argparse.Namespace) -> None:
 
         base = replace(get_spec(args.base), resolution=args.base_resolution)
     twister = Twister(base, args.method, args.formula)
-    measure = _measure(args.runtime)
+    measure = _measure(args)
     if budget.kind == "macs":
         result = twister.to_macs(budget.value, args.name)
     elif budget.kind == "ratio":
@@ -127,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--flops", help="MACs budget, e.g. 100M (the papers' FLOPs are MACs)")
     budget.add_argument("--ratio", type=float, help="MACs as a fraction of the base, e.g. 0.25")
     budget.add_argument("--latency", help="latency budget on this machine, batch 1, one thread, e.g. 4ms")
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch", help="runtime for latency")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime", "executorch"), default="torch",
+                   help="runtime for latency: PyTorch eager, ONNX Runtime or ExecuTorch (XNNPACK), as exported")
     p.add_argument("--formula", help="formula JSON file (default: the TinyNet paper's points)")
     p.add_argument("--name", help="name of the twisted model")
     p.add_argument("--out", help="write the model spec JSON here (usable as --model FILE)")

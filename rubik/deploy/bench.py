@@ -1,4 +1,4 @@
-"""Latency of one model on every path: PyTorch eager, torch.compile, ONNX Runtime fp32 and int8.
+"""Latency of one model on every path: PyTorch eager, torch.compile, ONNX Runtime and ExecuTorch, fp32 and int8.
 
 All paths of a model are timed in the same rounds (one call of each per round), so a machine that
 other work slows down slows every path alike; the table gives the median and 90th percentile, the
@@ -8,6 +8,7 @@ throughput, and the achieved GMAC/s next to this machine's measured fp32 matmul 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import statistics
 import tempfile
@@ -20,8 +21,12 @@ import numpy as np
 import torch
 
 from ..errors import RubikError
+from ..timing import time_interleaved
 
-BACKENDS = ("eager", "compile", "ort-fp32", "ort-int8")
+# et-*: ExecuTorch with XNNPACK (the executorch package); ort-plain: the same model exported by
+# torch.onnx.export as it is (no BatchNorm folding, no GhostNet split) into ONNX Runtime's default session.
+BACKENDS = ("eager", "compile", "ort-fp32", "ort-int8", "et-fp32", "et-int8", "ort-plain")
+DEFAULT_BACKENDS = ("eager", "compile", "ort-fp32", "ort-int8", "et-fp32", "et-int8")
 
 
 @dataclass
@@ -92,24 +97,6 @@ def matmul_peak(threads: int = 1, size: int = 512, runs: int = 20) -> float:
     return size ** 3 / statistics.median(times) / 1e9
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], runs: int = 100, warmup: int = 10,
-                     budget_s: float | None = None) -> dict[str, list[float]]:
-    """Wall times in ms of each function, one call of each per round; stops early past `budget_s`."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start_all = time.perf_counter()
-    for _ in range(runs):
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - start) * 1e3)
-        if budget_s is not None and time.perf_counter() - start_all > budget_s and len(times[k]) >= 20:
-            break
-    return times
-
-
 def _ort_runner(path: Path, x: np.ndarray, threads: int):
     from .export import open_session
 
@@ -118,12 +105,58 @@ def _ort_runner(path: Path, x: np.ndarray, threads: int):
     return lambda: session.run(None, {name: x})
 
 
+def _et_runner(path: Path, x: np.ndarray, threads: int):
+    from .runtime import ExecuTorchModel
+
+    model = ExecuTorchModel(path, threads)
+    return lambda: model.run(x)
+
+
+def _plain_ort_runner(model: torch.nn.Module, path: Path, x: np.ndarray):
+    """torch.onnx.export of the model as it is, in an ONNX Runtime session with default options."""
+    import onnxruntime as ort
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(model.eval(), (torch.from_numpy(x),), str(path), dynamo=True, external_data=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})
+
+
+def spec_latency(runtime: str, runs: int = 50) -> Callable:
+    """A function spec -> median ms (batch 1, one thread) of the model as `rubik export` writes it in `runtime`
+    ("onnxruntime" or "executorch"), random weights: what `rubik twist --latency --runtime R` bisects on."""
+    if runtime not in ("onnxruntime", "executorch"):
+        raise RubikError(f"unknown runtime {runtime!r}; choose torch, onnxruntime or executorch")
+
+    def measure(spec) -> float:
+        from ..models import build
+
+        with tempfile.TemporaryDirectory(prefix="rubik-latency-") as tmp:
+            model = build(spec).eval()
+            x = np.random.default_rng(0).standard_normal((1, 3, spec.resolution, spec.resolution), dtype=np.float32)
+            if runtime == "onnxruntime":
+                from .export import export_onnx
+
+                fn = _ort_runner(export_onnx(model, Path(tmp) / "candidate.onnx"), x, 1)
+            else:
+                from .executorch import export_executorch
+
+                fn = _et_runner(export_executorch(model, Path(tmp) / "candidate.pte").path, x, 1)
+            return statistics.median(time_interleaved({"m": fn}, runs=runs)["m"])
+
+    return measure
+
+
 def _macs_of_file(path: Path) -> tuple[str, int | None, int]:
     """(model name, MACs, resolution) from an exported file's metadata."""
-    from .export import open_session
-    from .runtime import META_MODEL, META_PREPROCESS
+    from .export import ModelFileError
+    from .runtime import META_MODEL, META_PREPROCESS, RuntimeModelError, open_model
 
-    meta = open_session(path).get_modelmeta().custom_metadata_map
+    try:
+        meta = open_model(path).metadata
+    except RuntimeModelError as e:
+        raise ModelFileError(str(e)) from None
     res = json.loads(meta[META_PREPROCESS])["resolution"] if META_PREPROCESS in meta else None
     if res is None:
         raise RubikError(f"{path} has no rubik metadata; bench files exported by `rubik export`")
@@ -139,7 +172,7 @@ def _macs_of_file(path: Path) -> tuple[str, int | None, int]:
 
 
 def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 100, warmup: int = 10,
-          backends: tuple[str, ...] = BACKENDS, weights: str | None = None, calib: str | None = None,
+          backends: tuple[str, ...] = DEFAULT_BACKENDS, weights: str | None = None, calib: str | None = None,
           calib_n: int = 64, workdir: str | Path | None = None, log=print) -> list[BenchRow]:
     """Time each target (a model name, a spec JSON, or an exported .onnx file) on the requested backends.
 
@@ -161,14 +194,16 @@ def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 1
         work.mkdir(parents=True, exist_ok=True)
         for target in targets:
             fns: dict[str, Callable[[], object]] = {}
-            if target.endswith(".onnx"):
+            if target.endswith((".onnx", ".pte")):
                 path = Path(target)
                 name, macs, res = _macs_of_file(path)
                 x = np.random.default_rng(0).standard_normal((batch, 3, res, res), dtype=np.float32)
-                fns["ort-file"] = _ort_runner(path, x, threads)
+                runner = _ort_runner if target.endswith(".onnx") else _et_runner
+                fns["file"] = runner(path, x, threads)
             else:
-                from ..models.weights import create_model, load_trained
+                from ..models.weights import create_model
                 from ..profile import count
+                from ..train.run_dir import load_trained
 
                 model = load_trained(weights, target) if weights else realistic_batchnorm(create_model(target))
                 name, res = model.spec.name, model.spec.resolution
@@ -193,6 +228,22 @@ def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 1
                         int8 = work / f"{name}.int8.onnx"
                         quantize_int8(fp32, images, int8, calib_n=calib_n, threads=threads, log=log)
                         fns["ort-int8"] = _ort_runner(int8, x, threads)
+                if "ort-plain" in backends:
+                    fns["ort-plain"] = _plain_ort_runner(model, work / f"{name}.plain.onnx", x)
+                if "et-fp32" in backends or "et-int8" in backends:
+                    from .executorch import ExecuTorchError, export_executorch
+
+                    try:
+                        if "et-fp32" in backends:
+                            et = export_executorch(model, work / f"{name}.pte", batch=batch)
+                            fns["et-fp32"] = _et_runner(et.path, x, threads)
+                        if "et-int8" in backends:
+                            images = open_images(calib).images if calib else sample_photos(max(calib_n, batch))
+                            et = export_executorch(model, work / f"{name}.int8.pte", batch=batch,
+                                                   calib_images=images, calib_n=calib_n)
+                            fns["et-int8"] = _et_runner(et.path, x, threads)
+                    except ExecuTorchError as e:
+                        log(f"{name}: ExecuTorch skipped ({e})")
             with torch_threads(threads):
                 times = time_interleaved(fns, runs=runs, warmup=warmup)
             for backend, ts in times.items():
@@ -235,7 +286,8 @@ def plot(rows: list[BenchRow], path: str | Path, accuracies: dict[str, float] | 
     accuracies = accuracies or {}
     use_acc = bool(rows) and all(r.model in accuracies for r in rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"eager": "o", "compile": "s", "ort-fp32": "^", "ort-int8": "D", "ort-file": "v"}
+    markers = {"eager": "o", "compile": "s", "ort-fp32": "^", "ort-int8": "D", "file": "v", "et-fp32": "<",
+               "et-int8": ">", "ort-plain": "x"}
     for backend in dict.fromkeys(r.backend for r in rows):
         sel = [r for r in rows if r.backend == backend and (use_acc or r.macs is not None)]
         if not sel:

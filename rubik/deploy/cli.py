@@ -8,9 +8,12 @@ from pathlib import Path
 
 from ..errors import RubikError
 
+FORMATS = ("onnx", "executorch", "ncnn")
+
 
 def _load_model(args: argparse.Namespace):
-    from ..models.weights import create_model, load_trained
+    from ..models.weights import create_model
+    from ..train.run_dir import load_trained
 
     if args.weights:
         if not Path(args.weights).exists():
@@ -46,13 +49,19 @@ def cmd_export(args: argparse.Namespace) -> None:
         from ..detect.export import cmd_export as export_detector_cmd
 
         return export_detector_cmd(args)
-    from .export import export_onnx, verify_onnx
+    from .export import export_onnx, verify_file
 
+    if args.format not in FORMATS:
+        raise RubikError(f"unknown --format {args.format!r}; choose one of {', '.join(FORMATS)}")
     out = Path(args.output)
+    executorch = args.format == "executorch"
     if args.int8 and not args.calib:
         raise RubikError("--int8 needs calibration images: --calib DIR (images like the training data) or 'digits'")
     if args.format == "ncnn" and args.int8:
-        raise RubikError("--int8 is for --format onnx; ncnn models are quantized with ncnn's own tools")
+        raise RubikError("--int8 is for --format onnx or executorch; ncnn models are quantized with ncnn's own tools")
+    if executorch and (args.boundary != "auto" or args.calib_method != "auto" or args.dynamic_batch):
+        raise RubikError("--boundary, --calib-method and --dynamic-batch are for --format onnx; an ExecuTorch file "
+                         "has a static batch and its int8 is the XNNPACK quantizer's (every layer int8)")
     model = _load_model(args)
     name = model.spec.name
     verify_images = None
@@ -70,13 +79,19 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"ncnn {result.verification}")
         return
 
-    fp32_path = out.with_name(out.name.removesuffix(".onnx") + ".fp32.onnx") if args.int8 else out
-    export_onnx(model, fp32_path, dynamic_batch=args.dynamic_batch, batch=args.batch,
-                resolution=args.resolution, opset=args.opset, split="int8" if args.int8 else "fp32")
-    check = verify_onnx(model, fp32_path, images=verify_images, threads=args.threads)
-    print(f"wrote {fp32_path} ({name}, fp32, BatchNorm folded, "
-          f"{'dynamic' if args.dynamic_batch else args.batch} batch)")
-    print(f"ONNX Runtime vs PyTorch: {check}")
+    suffix = ".pte" if executorch else ".onnx"
+    fp32_path = out.with_name(out.name.removesuffix(suffix) + ".fp32" + suffix) if args.int8 else out
+    if executorch:
+        from .executorch import export_executorch
+
+        print(export_executorch(model, fp32_path, batch=args.batch, resolution=args.resolution))
+    else:
+        export_onnx(model, fp32_path, dynamic_batch=args.dynamic_batch, batch=args.batch,
+                    resolution=args.resolution, opset=args.opset, split="int8" if args.int8 else "fp32")
+        print(f"wrote {fp32_path} ({name}, fp32, BatchNorm folded, "
+              f"{'dynamic' if args.dynamic_batch else args.batch} batch)")
+    check = verify_file(model, fp32_path, images=verify_images, threads=args.threads)
+    print(f"{'ExecuTorch' if executorch else 'ONNX Runtime'} vs PyTorch: {check}")
     if not args.int8:
         return
 
@@ -85,13 +100,19 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     calib = open_images(args.calib, "train")
     calib_idx = sample(calib, args.calib_n, seed=0)
-    # The boundary is chosen on other images than the ones the int8 check below reports on.
-    select = calib.subset(sample(calib, 256, seed=3, exclude=set(calib_idx))).images
-    config = quantize_int8(fp32_path, calib.subset(calib_idx).images, out, calib_n=args.calib_n,
-                           boundary=args.boundary, method=args.calib_method, threads=args.threads,
-                           select_images=select)
-    print(f"wrote {out} (int8 {config.format} U8S8 per-channel, {config.calibration} calibration on "
-          f"{config.calib_images} images; first {config.float_nodes} of {config.nodes} nodes kept float)")
+    if executorch:
+        result = export_executorch(model, out, batch=args.batch, resolution=args.resolution,
+                                   calib_images=calib.subset(calib_idx).images, calib_n=args.calib_n)
+        print(f"{result}; PT2E static int8 (XNNPACK quantizer: per-channel symmetric weights), calibrated on "
+              f"{result.calib_images} images; every layer int8")
+    else:
+        # The boundary is chosen on other images than the ones the int8 check below reports on.
+        select = calib.subset(sample(calib, 256, seed=3, exclude=set(calib_idx))).images
+        config = quantize_int8(fp32_path, calib.subset(calib_idx).images, out, calib_n=args.calib_n,
+                               boundary=args.boundary, method=args.calib_method, threads=args.threads,
+                               select_images=select)
+        print(f"wrote {out} (int8 {config.format} U8S8 per-channel, {config.calibration} calibration on "
+              f"{config.calib_images} images; first {config.float_nodes} of {config.nodes} nodes kept float)")
     held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n)
     result = check_int8(fp32_path, out, held, getattr(model, "classes", None), threads=args.threads)
     print(result)
@@ -103,9 +124,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import BACKENDS, bench, format_table, matmul_peak, plot
+    from .bench import DEFAULT_BACKENDS, bench, format_table, matmul_peak, plot
 
-    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else BACKENDS
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else DEFAULT_BACKENDS
     if args.no_compile:
         backends = tuple(b for b in backends if b != "compile")
     peak = matmul_peak(args.threads)
@@ -132,9 +153,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", action="store_true", help="the official ImageNet weights instead of --weights")
     p.add_argument("--random-init", action="store_true", help="untrained weights (speed tests only)")
     p.add_argument("--num-classes", type=int, default=1000, help="with --random-init")
-    p.add_argument("--format", choices=("onnx", "ncnn"), default="onnx")
-    p.add_argument("-o", "--output", required=True, help="model.onnx (with --int8 the fp32 file goes beside it "
-                   "as model.fp32.onnx); for ncnn, the stem of model.ncnn.param / .bin")
+    p.add_argument("--format", default="onnx", help="onnx (default), executorch (a .pte lowered to XNNPACK, for "
+                   "Android/iOS) or ncnn")
+    p.add_argument("-o", "--output", required=True, help="model.onnx or model.pte (with --int8 the fp32 file goes "
+                   "beside it as model.fp32.onnx / .pte); for ncnn, the stem of model.ncnn.param / .bin")
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: fixed)")
     p.add_argument("--batch", type=int, default=1, help="the fixed batch size (default 1)")
     p.add_argument("--resolution", type=int, help="input size (default: the model's)")
@@ -156,12 +178,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="latency of models on PyTorch eager, torch.compile, ORT fp32 and int8")
-    p.add_argument("targets", nargs="+", metavar="MODEL|FILE", help="named models, JSON specs or .onnx files")
+    p.add_argument("targets", nargs="+", metavar="MODEL|FILE", help="named models, JSON specs, .onnx or .pte files")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=100, help="timed rounds after 10 warm-up calls")
     p.add_argument("--weights", help="weights for a single model (default: random; latency does not depend on them)")
-    p.add_argument("--backends", help="comma-separated subset of eager,compile,ort-fp32,ort-int8")
+    p.add_argument("--backends", help="comma-separated subset of eager,compile,ort-fp32,ort-int8,et-fp32,"
+                   "et-int8 (the default: all of them; ExecuTorch needs the executorch package) and ort-plain "
+                   "(torch.onnx.export as it is, ORT defaults)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it takes minutes to compile)")
     p.add_argument("--calib", help="int8 calibration images (default: crops of two sample photos)")
     p.add_argument("--calib-n", type=int, default=64)

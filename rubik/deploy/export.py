@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch import nn
 
 from ..errors import RubikError
 from ..profile import deployed
-from .runtime import META_CLASSES, META_MODEL, META_PRECISION, META_PREPROCESS, Preprocess, RuntimeModelError
+from .runtime import Preprocess, RuntimeModelError
 from .runtime import open_session as _open_session
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -117,12 +116,10 @@ def ghost_split(model: nn.Module, split: str | int | None) -> nn.Module:
 
 
 def set_metadata(onnx_model, **entries: str) -> None:
-    props = {p.key: p.value for p in onnx_model.metadata_props}
-    props.update(entries)
-    del onnx_model.metadata_props[:]
-    for key, value in props.items():
-        entry = onnx_model.metadata_props.add()
-        entry.key, entry.value = key, value
+    """Merge entries into an ONNX model's metadata (`metadata.set_onnx_metadata`, the one writer)."""
+    from .metadata import set_onnx_metadata
+
+    set_onnx_metadata(onnx_model, entries)
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, dynamic_batch: bool = False, batch: int = 1,
@@ -159,14 +156,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, dynamic_batch: bool = Fal
                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]} {tail[:200]}") from e
     onnx_model = onnx.load(str(path))
     pool_to_global_average(onnx_model.graph)
-    spec = getattr(model, "spec", None)
-    meta = {META_PREPROCESS: pre.to_json(), META_PRECISION: "fp32"}
-    if spec is not None:
-        meta[META_MODEL] = json.dumps(spec.to_dict())
-    classes = classes if classes is not None else getattr(model, "classes", None)
-    if classes:
-        meta[META_CLASSES] = json.dumps(list(classes))
-    set_metadata(onnx_model, **meta)
+    from .metadata import entries, set_onnx_metadata
+
+    set_onnx_metadata(onnx_model, entries(model, pre, "fp32", classes))
     onnx_model.producer_name = "rubik"
     onnx.checker.check_model(onnx_model)
     onnx.save(onnx_model, str(path))
@@ -187,34 +179,35 @@ class Verification:
                 f"(tolerance {self.tolerance:.1e}), top-1 agreement {self.top1_agreement:.1%}")
 
 
-def verify_onnx(model: nn.Module, path: str | Path, images: list[Any] | None = None, n: int = 16,
+def verify_file(model: nn.Module, path: str | Path, images: list[Any] | None = None, n: int = 16,
                 rtol: float = 1e-3, atol: float = 1e-4, threads: int = 1) -> Verification:
-    """Run the file in ONNX Runtime and the model in PyTorch on the same real images; raise on a mismatch.
+    """Run the file in its runtime (.onnx: ONNX Runtime, .pte: ExecuTorch) and the model in PyTorch on the
+    same real images; raise on a mismatch.
 
     Tolerance: atol + rtol x the largest |logit|, so it scales with the logits (fp32 reassociation in
     the folded, fused graph moves logits by ~1e-6 relative). Also fails when a top-1 differs by more than
     the tolerance can explain.
     """
-    session = open_session(path, threads)
-    pre = Preprocess.from_json(session.get_modelmeta().custom_metadata_map[META_PREPROCESS])
+    from .runtime import Classifier
+
+    try:
+        clf = Classifier(path, threads)
+    except RuntimeModelError as e:
+        raise ModelFileError(str(e)) from None
     if images is None:
         from .images import sample_photos
 
         images = sample_photos(n)
-    x = pre(list(images[:n]))
+    x = clf.preprocess(list(images[:n]))
     with torch.inference_mode():
         ref = model.eval()(torch.from_numpy(x)).float().numpy()
-    fixed = session.get_inputs()[0].shape[0]
-    if isinstance(fixed, int):
-        got = np.concatenate([session.run(None, {INPUT_NAME: x[i:i + fixed]})[0] for i in range(0, len(x), fixed)])
-    else:
-        got = session.run(None, {INPUT_NAME: x})[0]
+    got = clf.logits(x)
     diff = float(np.abs(got - ref).max())
     tol = atol + rtol * float(np.abs(ref).max())
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
     result = Verification(len(x), diff, tol, agree)
     if not np.isfinite(diff) or diff > tol:
-        raise ExportMismatchError(f"exported {path} does not match PyTorch: {result}; the exporter or ONNX Runtime "
+        raise ExportMismatchError(f"exported {path} does not match PyTorch: {result}; the exporter or the runtime "
                                   "changed the arithmetic: report it with the model spec")
     # Near-ties may flip within tolerance; a flip with a clear margin means a real mismatch.
     top2 = np.sort(ref, axis=1)[:, -2:]
@@ -222,3 +215,6 @@ def verify_onnx(model: nn.Module, path: str | Path, images: list[Any] | None = N
     if np.any(clear & (got.argmax(1) != ref.argmax(1))):
         raise ExportMismatchError(f"exported {path} disagrees with PyTorch on a clear top-1: {result}")
     return result
+
+
+verify_onnx = verify_file  # the name ONNX callers know

@@ -15,8 +15,7 @@ import numpy as np
 from ..digits import CLASSES as DIGIT_CLASSES
 from ..digits import DIGITS, digits_split
 from ..errors import RubikError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from ..image_folder import IMAGE_EXTENSIONS, is_image, scan_folder, split_folder
 
 
 class NoImagesError(RubikError):
@@ -45,28 +44,25 @@ def _digits(split: str) -> LabelledImages:
 
 
 def open_images(source: str | Path, split: str = "train") -> LabelledImages:
-    """`digits` (its train or test split), or a folder: ROOT/CLASS/*.jpg (labelled), ROOT/{train,val,test}/CLASS
-    (the split's subfolder) or any tree of images (unlabelled)."""
+    """`digits` (its train or test split), or a folder in rubik's one convention (`rubik.image_folder`):
+    ROOT/CLASS/*.jpg (labelled), ROOT/train/CLASS and an evaluation split (val/, valid/, validation/ or
+    test/: the folder `rubik train` validates on and `rubik eval` scores), or any tree of images (unlabelled).
+    `split`: "train", or "test"/"eval" for the evaluation split."""
     if str(source) == DIGITS:
         return _digits(split)
     root = Path(source).expanduser()
     if not root.is_dir():
         raise NoImagesError(f"image folder {root} does not exist; pass a folder of images (ROOT/CLASS/*.jpg) "
                             "or 'digits'")
-    sub = {"train": ("train",), "test": ("test", "val", "valid", "validation")}[split]
-    for name in sub:
-        if (root / name).is_dir():
-            root = root / name
-            break
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    root = split_folder(root, "train" if split == "train" else "eval")
+    samples, classes = scan_folder(root)
+    if samples and not any(is_image(p) for p in root.iterdir()):
+        return LabelledImages([p for p, _ in samples], [c for _, c in samples], classes)
+    files = sorted(str(p) for p in root.rglob("*") if is_image(p))
     if not files:
         raise NoImagesError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
                             "pass a folder that holds the calibration images, e.g. ROOT/CLASS/*.jpg")
-    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
-    if classes and all(len(p.relative_to(root).parts) > 1 for p in files):
-        index = {c: i for i, c in enumerate(classes)}
-        return LabelledImages([str(p) for p in files], [index[p.relative_to(root).parts[0]] for p in files], classes)
-    return LabelledImages([str(p) for p in files], None, None)
+    return LabelledImages(files, None, None)
 
 
 def sample(images: LabelledImages, n: int, seed: int = 0, exclude: set[int] | None = None) -> list[int]:

@@ -181,13 +181,28 @@ class ExecuTorchModel:
             raise RuntimeModelError(f"model file {path} is not a valid ExecuTorch program ({first}); it may be "
                                     "truncated or corrupt: export it again") from None
         self.threads = threads
+        try:  # XNNPACK's thread pool is process-wide; pin it like ORT's intra-op threads (after loading: a reset
+            # before the first program is loaded crashed the process)
+            from executorch.extension.pybindings.portable_lib import (
+                _threadpool_get_thread_count,
+                _unsafe_reset_threadpool,
+            )
+
+            if _threadpool_get_thread_count() != threads:  # each reset logs a line to stderr
+                _unsafe_reset_threadpool(threads)
+        except ImportError:
+            pass
         shape = self.metadata.get("rubik.input_shape")
         self.fixed_batch = json.loads(shape)[0] if shape else 1
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output (a detector has several)."""
         import torch  # ExecuTorch's bindings take torch tensors (the package depends on torch)
 
-        return self.method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
+        return [t.numpy() for t in self.method.execute([torch.from_numpy(np.ascontiguousarray(x, np.float32))])]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.run_all(x)[0]
 
 
 def open_model(path: str | Path, threads: int = 1):

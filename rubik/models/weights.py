@@ -151,38 +151,3 @@ def create_model(model: str | dict | Path | ModelSpec, num_classes: int = 1000, 
     if out_indices is not None:
         raise WeightsError("out_indices selects feature maps: it needs features_only=True")
     return net
-
-
-RUN_MODEL_FILE = "model.json"  # in a training run directory: {"model": spec, "num_classes": N, "classes": [...]}
-RUN_WEIGHTS_FILE = "best.safetensors"  # in a training run directory: the weights to deploy
-
-
-def load_trained(weights: str | Path, model: str | dict | Path | ModelSpec | None = None) -> nn.Module:
-    """A trained model, in eval mode, from a run directory or from a weights file plus a model.
-
-    A run directory holds `model.json` (the spec, class count and class names) and
-    `best.safetensors`. For a bare weights file, `model` names the architecture and the class count
-    is read from the file's classifier. The returned model carries `.classes` (names or None).
-    """
-    import json
-
-    path = Path(weights)
-    classes = None
-    if path.is_dir():
-        meta_path = path / RUN_MODEL_FILE
-        if not meta_path.is_file():
-            raise WeightsError(f"{path} is not a training run directory (no {RUN_MODEL_FILE}); "
-                               "pass the run directory that `rubik train --out` wrote, or a weights file")
-        meta = json.loads(meta_path.read_text())
-        model = model or meta["model"]
-        classes = meta.get("classes")
-        path = path / RUN_WEIGHTS_FILE
-    if model is None:
-        raise WeightsError(f"weights file {path} does not say which architecture it is for; name one (--model NAME)")
-    state = read_state_dict(path)
-    head = next((v for k, v in state.items() if k.endswith(("classifier.weight", "fc.weight"))), None)
-    num_classes = head.shape[0] if head is not None else 1000
-    net = build(get_spec(model), num_classes=num_classes)
-    load_weights(net, state, source=f"weights file {path}")
-    net.classes = classes
-    return net.eval()

@@ -148,7 +148,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(weights: str, model: str | None):
-    from ..models.weights import load_trained
+    from .run_dir import load_trained
 
     return load_trained(weights, model)
 
@@ -175,7 +175,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         root = Path(args.data)
         if not root.is_dir():
             raise RubikError(f"data folder {root} does not exist; pass ROOT (with val/ or test/) or ROOT/CLASS/*.jpg")
-        folder = next((root / d for d in ("val", "valid", "validation", "test") if (root / d).is_dir()), root)
+        from ..image_folder import split_folder
+
+        folder = split_folder(root, "eval")
         samples, classes = scan_folder(folder)
         if not samples:
             raise RubikError(f"no images found under {folder}; expected {folder}/CLASS/IMAGE")

@@ -19,9 +19,9 @@ from torchvision.transforms import v2
 from ..digits import CLASSES as DIGIT_CLASSES
 from ..digits import DIGITS, digits_split, upscale
 from ..errors import RubikError
+from ..image_folder import EVAL_DIRS, IMAGE_EXTENSIONS, scan_folder  # noqa: F401 (re-exported)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-VAL_DIRS = ("val", "valid", "validation", "test")
+VAL_DIRS = EVAL_DIRS  # the folder convention is rubik.image_folder's, shared with eval and deploy
 
 # Digits are 8x8 grey images, upscaled once to the model's input: 64 px is plenty (and 3x faster to
 # train than TinyNet-E's own 106), flips change a digit's meaning, in-memory data needs no worker
@@ -93,23 +93,6 @@ def worker_error(e: RubikError) -> RubikError:
         return e
     last = [line for line in text.splitlines() if line.strip()][-1]
     return type(e)(last.split(": ", 1)[1] if ": " in last else last)
-
-
-def scan_folder(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """ImageFolder layout: root/<class>/<image>; classes sorted by name."""
-    try:
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    except PermissionError:
-        raise RubikError(f"data folder {root} is not readable (permission denied); fix its permissions") from None
-    classes = [d.name for d in class_dirs]
-    samples = []
-    for index, d in enumerate(class_dirs):
-        try:
-            files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        except PermissionError:
-            raise RubikError(f"class folder {d} is not readable (permission denied); fix its permissions") from None
-        samples += [(str(p), index) for p in files]
-    return samples, classes
 
 
 def _split(samples: list[tuple[str, int]], fraction: float, seed: int):

@@ -28,7 +28,7 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from ..errors import RubikError
 from ..models.registry import build, get_spec
-from ..models.weights import RUN_MODEL_FILE, RUN_WEIGHTS_FILE, download, load_weights, read_state_dict
+from ..models.weights import download, load_weights, read_state_dict
 from . import distributed
 from .checkpoint import atomic_write, atomic_write_text, latest_checkpoint, save_checkpoint, save_tensors
 from .data import (
@@ -46,6 +46,7 @@ from .ema import ema_model
 from .evaluate import EvalResult, evaluate
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .recipes import TrainConfig
+from .run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"

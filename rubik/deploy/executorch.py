@@ -1,0 +1,169 @@
+"""PyTorch -> ExecuTorch `.pte` lowered to XNNPACK (the CPU backend Android and iOS apps use), fp32 or int8.
+
+One adapter over the deploy core: the module is exported with `torch.export`, int8 is PT2E static
+quantization with ExecuTorch's XNNPACK quantizer (per-channel symmetric int8 weights, int8
+activations calibrated on real images), and the whole graph is lowered with the XNNPACK partitioner.
+Any operator the partitioner leaves outside the delegate runs in ExecuTorch's portable kernels (slow)
+and is reported (`ExecuTorchExport.outside`). Preprocessing, class names and the input shape go to
+`model.pte.json` beside the file (`metadata.write_sidecar`, the same entries ONNX files carry), which
+`runtime.Classifier` reads.
+
+`lower` takes any module with tensor outputs and an example input, so a detector's core (boxes and
+scores before decoding) exports the same way as a classifier (`export_executorch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import RubikError
+from ..profile import deployed
+from .export import preprocess_of
+from .metadata import entries, write_sidecar
+
+META_OUTSIDE = "rubik.outside_delegate"  # JSON list of operators XNNPACK did not take (run by portable kernels)
+META_INPUT_SHAPE = "rubik.input_shape"  # JSON: the static input shape of a .pte
+META_OUTPUTS = "rubik.outputs"  # JSON list of output names
+DELEGATE_OPS = ("executorch_call_delegate", "getitem")  # what a fully delegated graph's top level calls
+
+
+class ExecuTorchError(RubikError):
+    """A model or operator ExecuTorch cannot export or run (a one-line, user-facing message)."""
+
+
+@dataclass
+class ExecuTorchExport:
+    path: Path
+    precision: str
+    outside: list[str] = field(default_factory=list)  # operators left to portable kernels
+    calib_images: int = 0
+
+    def __str__(self) -> str:
+        where = "one XNNPACK-delegated graph" if not self.outside else \
+            f"XNNPACK, with {len(self.outside)} operator(s) outside the delegate: {', '.join(self.outside)}"
+        return f"wrote {self.path} (ExecuTorch {self.precision}, {where})"
+
+
+def _available() -> None:
+    try:
+        import executorch  # noqa: F401
+    except ImportError:
+        raise ExecuTorchError("--format executorch needs the executorch package: pip install 'rubik-nets[phone]' "
+                              "(executorch==1.5.1)") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ExecuTorch and torch.export log and warn at length while lowering; the user sees rubik's summary."""
+    loggers = [logging.getLogger(n) for n in ("torch", "executorch", "torchao")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _outside_delegate(edge) -> list[str]:
+    """Operators the top-level graph still calls itself (not through the XNNPACK delegate)."""
+    graph = edge.exported_program().graph_module.graph
+    ops = [str(getattr(n.target, "__name__", n.target)) for n in graph.nodes if n.op == "call_function"]
+    return sorted({op for op in ops if not op.startswith(DELEGATE_OPS)})
+
+
+def quantize_pt2e(module: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """PT2E static int8 with ExecuTorch's XNNPACK quantizer, observers calibrated on `batches`."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = torch.export.export(module, (example,), strict=False).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(graph, quantizer)
+    n = 0
+    with torch.no_grad():
+        for x in batches:
+            prepared(x)
+            n += 1
+    if not n:
+        raise ExecuTorchError("no calibration images for int8: pass --calib DIR or 'digits'")
+    return convert_pt2e(prepared)
+
+
+def lower(module: nn.Module, example: torch.Tensor, path: str | Path,
+          calib_batches: Iterable[torch.Tensor] | None = None) -> tuple[Path, list[str]]:
+    """Export `module` at `example`'s (static) shape, quantize it when `calib_batches` is given, lower it to
+    XNNPACK and write the .pte (atomically). Returns the path and the operators left outside the delegate."""
+    _available()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    path = Path(path)
+    module = module.eval()
+    with _quiet():
+        try:
+            if calib_batches is not None:
+                module = quantize_pt2e(module, example, calib_batches)
+            program = torch.export.export(module, (example,), strict=False)
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            outside = _outside_delegate(edge)
+            buffer = edge.to_executorch().buffer
+        except ExecuTorchError:
+            raise
+        except Exception as e:
+            raise ExecuTorchError(f"ExecuTorch cannot export {type(module).__name__}: {type(e).__name__}: "
+                                  f"{_first_line(e)}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer)
+    tmp.replace(path)
+    return path, outside
+
+
+def export_executorch(model: nn.Module, path: str | Path, *, batch: int = 1, resolution: int | None = None,
+                      calib_images: list | None = None, calib_n: int = 256, classes: list[str] | None = None,
+                      core: nn.Module | None = None, outputs: tuple[str, ...] = ("logits",),
+                      extra_meta: dict[str, str] | None = None, preprocess=None) -> ExecuTorchExport:
+    """Write `model` as an XNNPACK-delegated .pte (int8 when `calib_images` are given) and its metadata beside it.
+
+    `core`: the module to lower when it is not `model` itself (a detector's backbone and head; `model`
+    still supplies the spec), with `outputs` naming its outputs and `extra_meta` (e.g. a detector's default
+    boxes) travelling in the same JSON; `preprocess` overrides the model's own (`export.preprocess_of`).
+    """
+    pre = preprocess or preprocess_of(model, resolution)
+    example = torch.randn(batch, 3, pre.resolution, pre.resolution)
+    module = core if core is not None else deployed(model)
+    batches = None
+    if calib_images is not None:
+        images = list(calib_images[:calib_n])
+        if len(images) < batch:
+            raise ExecuTorchError(f"{len(images)} calibration image(s) for a fixed batch of {batch}")
+        batches = (torch.from_numpy(pre(images[i:i + batch])) for i in range(0, len(images) - batch + 1, batch))
+    path, outside = lower(module, example, path, batches)
+    precision = "int8" if calib_images is not None else "fp32"
+    meta = entries(model, pre, precision, classes, **{META_INPUT_SHAPE: json.dumps(list(example.shape)),
+                                                      META_OUTPUTS: json.dumps(list(outputs)),
+                                                      META_OUTSIDE: json.dumps(outside)})
+    meta.update(extra_meta or {})
+    write_sidecar(path, meta)
+    return ExecuTorchExport(path, precision, outside, len(calib_images[:calib_n]) if calib_images else 0)
