@@ -13,7 +13,7 @@ from ..errors import RubikError
 CONFIG_FLAGS = ("model", "data", "recipe", "epochs", "batch_size", "lr", "optimizer", "resolution", "weight_decay",
                 "num_workers", "seed", "pretrained", "init", "freeze_epochs", "qat", "strict", "amp", "compile",
                 "sync_bn", "accum_steps", "checkpoint_every", "keep_last", "randaugment", "device", "val_split",
-                "ema_decay", "deterministic", "label_smoothing")
+                "ema_decay", "deterministic", "label_smoothing", "data_path")
 
 
 def _cli_values(args: argparse.Namespace) -> dict:
@@ -128,6 +128,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "low --lr)")
     p.add_argument("--strict", action="store_const", const=True, help="stop at a corrupt image instead of skipping it")
     p.add_argument("--workers", dest="num_workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--data-path", dest="data_path", choices=["auto", "memory", "files"],
+                   help="memory: decode once into a uint8 cache and augment whole batches as tensors; files: "
+                        "decode every image every epoch; auto (default): memory when the decoded set fits")
     p.add_argument("--seed", type=int)
     p.add_argument("--deterministic", action="store_const", const=True,
                    help="deterministic kernels: with --resume, bitwise the same result as an uninterrupted run")

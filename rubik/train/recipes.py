@@ -80,6 +80,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints, beside the one each epoch; 0 = epochs only
     keep_last: int = 2  # checkpoints kept
     log_every: int = 50  # steps between log lines
+    # Data path (train/memory_data.py): memory = decode once into a uint8 cache, augment batches as tensors;
+    # auto = memory when the decoded set has one image size and fits under data_memory_gb.
+    data_path: str = "auto"  # auto | memory | files
+    data_memory_gb: float = 0.0  # 0 = a quarter of the machine's memory
+    data_cache: str = ""  # folder of decoded caches; "" = $RUBIK_CACHE/decoded or ~/.cache/rubik/decoded
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,4 +223,6 @@ def validate(c: TrainConfig) -> None:
     need(c.resolution == 0 or c.resolution >= 16, f"resolution must be >= 16, got {c.resolution}")
     need(c.steps_per_epoch >= 0, f"steps_per_epoch must be >= 0, got {c.steps_per_epoch}")
     need(c.keep_last >= 1, f"keep_last must be >= 1, got {c.keep_last}")
+    need(c.data_path in ("auto", "memory", "files"), f"data_path must be auto, memory or files, not {c.data_path!r}")
+    need(c.data_memory_gb >= 0, f"data_memory_gb must be >= 0, got {c.data_memory_gb}")
     need(not (c.pretrained and c.init), "give either --pretrained or --init, not both")

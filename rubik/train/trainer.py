@@ -44,6 +44,7 @@ from .data import (
 )
 from .ema import ema_model
 from .evaluate import EvalResult, evaluate
+from .memory_data import choose_data_path, memory_loaders
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .recipes import TrainConfig
 from .run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
@@ -244,7 +245,15 @@ class Trainer:
                                    hflip=c.hflip, color_jitter=c.color_jitter, randaugment=c.randaugment,
                                    ra_ops=c.randaugment_ops, ra_magnitude=c.randaugment_magnitude)
         val_tf = eval_transform(res, mean, std, self.spec.preprocess.crop_pct, interp)
-        self.train_sampler = EpochSampler(len(self.data.train), c.seed, d.rank, d.world_size)
+        self.data_path, self.data_path_why = choose_data_path(c.data_path, self.data, c.data, res,
+                                                              self.spec.preprocess.crop_pct, c.data_memory_gb)
+        if self.data_path == "memory":  # decoded once into a uint8 cache, batches augmented as tensors
+            self.train_sampler, memory_train, memory_val = memory_loaders(
+                c, res, mean, std, self.spec.preprocess.crop_pct, interp, self.data,
+                lambda n: EpochSampler(n, c.seed, d.rank, d.world_size), self.device, d,
+                lambda: distributed.barrier(d))
+        else:
+            self.train_sampler = EpochSampler(len(self.data.train), c.seed, d.rank, d.world_size)
         per_rank = self.train_sampler.per_rank
         self.steps_per_epoch = per_rank // c.batch_size // c.accum_steps
         if self.steps_per_epoch < 1:
@@ -253,6 +262,9 @@ class Trainer:
         if c.steps_per_epoch:  # shorter epochs, e.g. to evaluate and checkpoint often on a large data set
             self.steps_per_epoch = min(self.steps_per_epoch, c.steps_per_epoch)
         self.batches_per_epoch = self.steps_per_epoch * c.accum_steps
+        if self.data_path == "memory":
+            self.train_loader, self.val_loader = memory_train, memory_val
+            return
         workers = default_workers(c)
         common = dict(num_workers=workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
                       persistent_workers=workers > 0)
@@ -553,11 +565,13 @@ class Trainer:
         log.info(f"model {self.spec.name} at {self.spec.resolution}px, {params / 1e6:.2f} M parameters, "
                  f"{self.num_classes} classes")
         log.info(f"data {self.data.description}")
+        log.info(f"data path {self.data_path} ({self.data_path_why})")
         log.info(f"recipe {c.recipe}: {c.optimizer} lr {self.lr:.3g} (= {c.lr:g} per {c.lr_base_batch} images), "
                  f"{c.scheduler} schedule, {c.epochs} epochs x {self.steps_per_epoch} steps, batch {c.batch_size}"
                  f" x {c.accum_steps} x {self.d.world_size} process(es), EMA {c.ema_decay or 'off'}")
         log.info(f"device {self.device}, amp {amp}, channels_last {c.channels_last}, compile {c.compile}, "
-                 f"{default_workers(c)} loader workers; config in {self.run_dir / CONFIG_FILE}")
+                 f"{0 if self.data_path == 'memory' else default_workers(c)} loader workers; "
+                 f"config in {self.run_dir / CONFIG_FILE}")
 
 
 def latest_checkpoint_name(run_dir: Path) -> str | None:
