@@ -4,11 +4,14 @@ Both sides train TinyNet-E (rubik's `tinynet_e` and timm's `tinynet_e`) at the s
 batch size, with AdamW (weight decay off biases and norms), cosine schedule, an EMA updated every
 step, label smoothing, RandomResizedCrop + horizontal flip, the same number of DataLoader workers,
 and channels_last. rubik runs its real `Trainer.train_epoch` (data loader, per-sample seeded
-augmentation, NaN check, EMA via AveragedModel); timm runs the loop of its train.py with
-`timm.data.create_loader`, `timm.optim.create_optimizer_v2` and `timm.utils.ModelEmaV3`.
+augmentation, NaN check, EMA via AveragedModel) twice: `rubik` on the file path (JPEG decoding in
+worker processes, as timm) and `rubik-mem` on the in-memory path (`--data-path memory`: decoded once
+into a uint8 cache, crops and flips on whole batches in the training process, no workers); timm runs
+the loop of its train.py with `timm.data.create_loader`, `timm.optim.create_optimizer_v2` and
+`timm.utils.ModelEmaV3`.
 
-Rounds alternate between the two sides so that load from other processes hits both alike; the
-table gives the median images/s of each side and the ratio. Run from the repository root:
+Rounds alternate between the sides so that load from other processes hits them alike; the
+table gives the median images/s of each side and its ratio to timm. Run from the repository root:
 
     .venv/bin/python benchmarks/train_cifar10_vs_timm.py            # CPU, about 5-10 minutes
     .venv/bin/python benchmarks/train_cifar10_vs_timm.py --device cuda --amp   # GPU, bf16
@@ -44,7 +47,7 @@ def cifar10(root: Path) -> Path:
 
 
 class RubikSide:
-    def __init__(self, a: argparse.Namespace, data: Path):
+    def __init__(self, a: argparse.Namespace, data: Path, data_path: str = "files"):
         from rubik.train import build_config
         from rubik.train.trainer import Trainer
 
@@ -54,7 +57,8 @@ class RubikSide:
             "warmup_epochs": 0.0, "epochs": 100, "ema_decay": 0.998, "label_smoothing": 0.1, "drop_rate": 0.2,
             "drop_connect_rate": 0.1, "crop_scale": [0.35, 1.0], "hflip": 0.5, "color_jitter": 0.0,
             "interpolation": "bicubic", "num_workers": a.workers, "steps_per_epoch": a.steps,
-            "channels_last": True, "amp": "bf16" if a.amp else "off", "device": a.device, "log_every": 0})
+            "channels_last": True, "amp": "bf16" if a.amp else "off", "device": a.device, "log_every": 0,
+            "data_path": data_path})
         self.trainer = Trainer(config, Path(tempfile.mkdtemp(prefix="rubik-bench-")), progress=False)
 
     def round(self, steps: int) -> float:
@@ -126,9 +130,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per side, after one warm-up round each")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--only", nargs="+", choices=["rubik", "rubik-mem", "timm"], help="run only these sides")
     a = p.parse_args()
     data = cifar10(a.data)
-    sides = {"rubik": RubikSide(a, data), "timm": TimmSide(a, data)}
+    sides = {"rubik": RubikSide(a, data), "rubik-mem": RubikSide(a, data, "memory"), "timm": TimmSide(a, data)}
+    if a.only:
+        sides = {k: v for k, v in sides.items() if k in a.only}
     for name, side in sides.items():
         print(f"warm-up {name}: {side.round(max(5, a.steps // 3)):.0f} img/s", flush=True)
     results: dict[str, list[float]] = {name: [] for name in sides}
@@ -144,10 +151,10 @@ def main() -> None:
     print(f"# TinyNet-E on CIFAR-10 JPEGs, {a.resolution}px, batch {a.batch_size}, {a.workers} workers, "
           f"{a.rounds} x {a.steps} steps per side, device {a.device}{' bf16' if a.amp else ''}, channels_last")
     print(f"# machine: {os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'side':<8} {'median img/s':>13} {'min':>7} {'max':>7}")
+    print(f"{'side':<10} {'median img/s':>13} {'min':>7} {'max':>7}" + ("  vs timm" if "timm" in med else ""))
     for n, v in results.items():
-        print(f"{n:<8} {med[n]:>13.1f} {min(v):>7.1f} {max(v):>7.1f}")
-    print(f"ratio rubik / timm: {med['rubik'] / med['timm']:.3f}")
+        ratio = f"  {med[n] / med['timm']:.3f}" if "timm" in med else ""
+        print(f"{n:<10} {med[n]:>13.1f} {min(v):>7.1f} {max(v):>7.1f}{ratio}")
 
 
 if __name__ == "__main__":
