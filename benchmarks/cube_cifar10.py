@@ -1,41 +1,51 @@
-"""Tiny formula vs inverse giant formula vs width-only shrinking, trained on CIFAR-10 at CPU scale.
+"""Tiny formula vs inverse giant formula vs width-only shrinking on CIFAR-10, paired by seed, with intervals.
 
-The TinyNet paper's claim (Table 2 / Fig. 1): at the same FLOPs, shrinking a base with the tiny
-formula (keep resolution and depth, cut width) beats the inverse EfficientNet formula and beats
-shrinking width alone. This script checks the ordering on CIFAR-10 with a fixed short schedule:
+The TinyNet paper's claim (Table 2 / Fig. 1): at the same MACs, shrinking a base with the tiny formula
+beats the inverse EfficientNet (giant) formula and beats shrinking width alone. This script trains the
+three models at each budget on the full CIFAR-10 training set, several seeds each, and reports test
+top-1 on the full test set with 95 % t-intervals over seeds and the paired differences.
 
-    base     efficientnet_b0 at a base resolution of 64 px (CIFAR's 32 px images upsampled)
-    budget   c = 0.25 x the base's MACs (the same c for all three models; MACs within 1 %)
-    models   tiny   = Twister(base, "tiny").to_ratio(c)    (GP fit of the paper's TinyNet points)
-             giant  = Twister(base, "giant").to_ratio(c)   (r, d from phi; w solved for the budget)
-             width  = r = d = 1, w solved for the budget
-    data     300 train images per class (3,000), test on 200 per class of the test split (2,000)
-    schedule the `small` recipe (AdamW lr 2e-3, cosine, 1 warm-up epoch), 4 epochs, batch 64, no EMA,
-             one torch thread, seeds 0 1 2; accuracy is the test top-1 after the last epoch (no best-epoch
-             picking)
+    base     efficientnet_b0 at 32 px (CIFAR's own size: shrinking r drops real pixels, as below 224 px on
+             ImageNet; --base-resolution 64 upsamples instead)
+    budgets  c = 0.5 and 0.25 of the base's MACs, counted with the 10-class head the models are trained with
+    models   tiny   r, d = the tiny formula's GP at c (rubik/cube/formulas/tinynet_paper.json)
+             giant  r, d = 1.15^phi, 1.2^phi with 2^phi = c (the inverse giant formula)
+             width  r = d = 1
+             each with the width solved (and r moved by at most 6 %) so that its MACs are within 1 % of
+             c x base: the three models of a budget have equal MACs
+    schedule the `small` recipe (AdamW, lr 2e-3 per 64 images scaled to the batch, cosine after a warm-up
+             of 10 % of the steps), --epochs (default 1.5; fractions allowed), batch 128, crops (0.6, 1) +
+             flips, no EMA; a seed fixes
+             the initial weights, the batch order and the augmentation, so seed s is the same draw for all
+             three models (the pairing); accuracy is the test top-1 after the last step (no best-epoch picking)
+    data     the in-memory path (decoded once into a uint8 cache, batches augmented as tensors)
 
-    .venv/bin/python benchmarks/cube_cifar10.py                 # defaults: 28 min on 2 shared cores
+Results go to OUT/results.jsonl, one line per finished (method, budget, seed) with the schedule's key;
+a rerun skips what is done and resumes an interrupted run from its last checkpoint, so the comparison
+can be run in pieces, across sessions, or on several machines sharing OUT (one --worker each).
 
-Last run (2 CPU cores shared with other jobs, load 5-9; 27.9 min):
-    tiny formula   r 0.812 d 0.864 w 0.396  52 px  8.32 M MACs  18.40 ± 1.47 %
-    inverse giant  r 0.766 d 0.679 w 0.465  49 px  8.35 M MACs  21.53 ± 1.75 %
-    width only     r 1     d 1     w 0.437  64 px  8.29 M MACs  21.63 ± 1.17 %
-The paper's ordering (tiny > giant, tiny > width) does not hold here: all three are barely above
-chance (10 %) after 4 epochs on 3,000 images, and the gaps are about two standard deviations of
-three seeds. This schedule is too short to rank the models; a longer one (--train-per-class 1000
---epochs 30) is what the comparison needs: about 12 h for 9 runs at the ~60 img/s seen here.
-    .venv/bin/python benchmarks/cube_cifar10.py --epochs 2 --train-per-class 100 --seeds 0   # a smoke run
+    .venv/bin/python benchmarks/cube_cifar10.py --epochs 0.05 --seeds 0        # a smoke run, minutes
+    .venv/bin/python benchmarks/cube_cifar10.py          # 5 seeds x 2 budgets x 3 models, 1.5 epochs: ~1.8 h
+    .venv/bin/python benchmarks/cube_cifar10.py --report                        # the tables from results.jsonl
+    .venv/bin/python benchmarks/cube_cifar10.py --device cuda --epochs 30 --seeds 0 1 2 3 4 5 6 7 --jobs 4
+
+Power: a paired difference is resolved when its 95 % interval excludes zero; the table prints the
+interval's half-width (the smallest difference this many seeds can resolve at the observed spread) and
+the difference that would be detected with 80 % power.
 
 The data comes from ../shared/datasets/cifar10-jpg.tar.gz, extracted under /tmp (never the repo).
-Runs go to /tmp/rubik-cube-cifar10/ (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import math
+import os
 import statistics
+import subprocess
 import sys
 import tarfile
 import time
@@ -46,6 +56,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TARBALL = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+METHODS = ("tiny", "giant", "width")
+LABELS = {"tiny": "tiny formula", "giant": "inverse giant", "width": "width only"}
+NUM_CLASSES = 10
+WARMUP = 0.1  # fraction of the schedule spent warming up the learning rate
 
 
 def cifar_root(where: Path) -> Path:
@@ -62,40 +76,201 @@ def cifar_root(where: Path) -> Path:
 
 
 def subset(root: Path, out: Path, train_per_class: int, test_per_class: int) -> Path:
-    """A class-balanced subset as a tree of symlinks: out/train/CLASS/*.jpg and out/test/CLASS/*.jpg."""
+    """The whole tree (0, 0), or a class-balanced subset as symlinks: out/train/CLASS/*.jpg, out/test/..."""
+    if not train_per_class and not test_per_class:
+        return root
     tree = out / f"cifar10-{train_per_class}-{test_per_class}"
     for split, n in (("train", train_per_class), ("test", test_per_class)):
         for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            images = sorted(class_dir.glob("*.jpg"))[:n or None]
             dest = tree / split / class_dir.name
-            if dest.is_dir() and len(list(dest.iterdir())) == n:
+            if dest.is_dir() and len(list(dest.iterdir())) == len(images):
                 continue
             dest.mkdir(parents=True, exist_ok=True)
-            for i, image in enumerate(sorted(class_dir.glob("*.jpg"))[:n]):
+            for i, image in enumerate(images):
                 link = dest / f"{i:05d}.jpg"
                 if not link.exists():
                     link.symlink_to(image)
     return tree
 
 
-def models(base_name: str, base_resolution: int, ratio: float):
-    from rubik.cube.solve import macs_of, solve
+# ---- the models ---------------------------------------------------------------------------------------------
+
+
+def _macs(spec) -> int:
+    from rubik.cube.solve import macs_of
+
+    return macs_of(spec, num_classes=NUM_CLASSES)
+
+
+def _solve_width(spec, target: float) -> tuple[object, int]:
+    """The width whose 10-class MACs are nearest `target` (bisection on ln w brackets the channel step)."""
+    from rubik.cube.solve import WIDTH_RANGE
+
+    lo, hi = WIDTH_RANGE
+    if _macs(replace(spec, width=lo)) > target or _macs(replace(spec, width=hi)) < target:
+        return None, 0
+    while hi - lo > 1e-3:
+        mid = math.sqrt(lo * hi)
+        if _macs(replace(spec, width=mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return min(((replace(spec, width=w), _macs(replace(spec, width=w))) for w in (lo, hi)),
+               key=lambda sm: abs(sm[1] - target))
+
+
+def _solve(spec, target: float, max_resolution_change: float) -> tuple[object, int]:
+    """rubik.cube.solve.solve with the 10-class head: width, then resolutions nearest the formula's in turn."""
+    best, best_macs = _solve_width(spec, target)
+    limit = round(spec.resolution * max_resolution_change)
+    for offset in sorted(range(-limit, limit + 1), key=abs)[1:]:
+        if best is not None and abs(best_macs / target - 1) <= 0.01:
+            break
+        cand, cand_macs = _solve_width(replace(spec, resolution=spec.resolution + offset), target)
+        if cand is not None and (best is None or abs(cand_macs - target) < abs(best_macs - target)):
+            best, best_macs = cand, cand_macs
+    if best is None or abs(best_macs / target - 1) > 0.01:
+        sys.exit(f"no {spec.name} within 1 % of {target / 1e6:.2f} M MACs near {spec.resolution} px")
+    return best, best_macs
+
+
+def models(base_name: str, base_resolution: int, ratio: float) -> tuple[object, int, dict]:
+    """{method: (spec, macs)} at c = ratio of the base's 10-class MACs, all within 1 % of it."""
+    from rubik.cube.giant import giant, phi_for_ratio
     from rubik.cube.twist import Twister
     from rubik.models import get_spec
 
     base = replace(get_spec(base_name), resolution=base_resolution)
-    tiny = Twister(base, "tiny").to_ratio(ratio, name="tiny")
-    giant = Twister(base, "giant").to_ratio(ratio, name="giant")
-    base_macs = macs_of(base)
-    width_spec, width_macs = solve(replace(base, name="width_only"), ratio * base_macs,
-                                   max_resolution_change=0.0)
-    rows = [("tiny formula", tiny.spec, tiny.macs), ("inverse giant", giant.spec, giant.macs),
-            ("width only", width_spec, width_macs)]
-    return base, base_macs, rows
+    base_macs = _macs(base)
+    target = ratio * base_macs
+    tiny = Twister(base, "tiny")
+    p = tiny.formula.predict(ratio)
+    r_giant, d_giant, _ = giant(phi_for_ratio(ratio))
+    starts = {"tiny": (p.r, p.d, tiny.twist_rules(), 0.06), "giant": (r_giant, d_giant, base.rules, 0.06),
+              "width": (1.0, 1.0, base.rules, 0.0)}
+    out = {}
+    for method, (r, d, rules, move) in starts.items():
+        spec = replace(base, name=f"{method}_c{ratio:g}", resolution=max(16, round(base_resolution * r)),
+                       depth=base.depth * d, rules=rules)
+        try:
+            out[method] = _solve(spec, target, move)
+        except SystemExit:  # channel steps of 5 % at this size: look further from the formula's resolution
+            out[method] = _solve(spec, target, 2.5 * move)
+            print(f"note: {method} at c = {ratio:g} moved to {out[method][0].resolution} px (formula: "
+                  f"{spec.resolution} px) to land within 1 % of the budget")
+    return base, base_macs, out
 
 
-def final_top1(run_dir: Path) -> float:
+# ---- statistics ---------------------------------------------------------------------------------------------
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, sample sd, half-width of the 95 % t-interval); half-width nan with one value."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    sd = statistics.stdev(values)
+    return mean, sd, stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+
+
+def detectable(sd: float, n: int, power: float = 0.8) -> float:
+    """The true paired difference a two-sided 5 % t-test on n seeds detects with `power` at this sd."""
+    from scipy import stats
+
+    if n < 2 or not math.isfinite(sd):
+        return float("nan")
+    return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n)
+
+
+def report(rows: list[dict], key: dict) -> None:
+    print(f"\n# CIFAR-10 ({key['train']} train / {key['test']} test images), {key['base']} base at "
+          f"{key['base_resolution']} px, {key['epochs']:g} epochs, batch {key['batch_size']}, device {key['device']}")
+    print("| c | model | input px | d | w | MACs M | seeds | test top-1 % mean | 95 % CI | sd |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    by = {(r["budget"], r["method"]): {} for r in rows}
+    for r in rows:
+        by[(r["budget"], r["method"])][r["seed"]] = r
+    budgets = sorted({b for b, _ in by}, reverse=True)
+    for b in budgets:
+        for m in METHODS:
+            runs = by.get((b, m))
+            if not runs:
+                continue
+            one = next(iter(runs.values()))
+            mean, sd, half = t_interval([r["top1"] for r in runs.values()])
+            print(f"| {b:g} | {LABELS[m]} | {one['resolution']} | {one['depth_mult']:.3f} | {one['width']:.3f} | "
+                  f"{one['macs'] / 1e6:.3f} | {len(runs)} | {mean:.2f} | ± {half:.2f} | {sd:.2f} |")
+    print("\n| c | difference | pairs | mean (points) | 95 % CI | sd | resolved | 80 % power at |")
+    print("|---|---|---|---|---|---|---|---|")
+    for b in budgets:
+        for other in ("giant", "width"):
+            a, o = by.get((b, "tiny"), {}), by.get((b, other), {})
+            seeds = sorted(set(a) & set(o))
+            if not seeds:
+                continue
+            diffs = [a[s]["top1"] - o[s]["top1"] for s in seeds]
+            mean, sd, half = t_interval(diffs)
+            if not math.isfinite(half):
+                verdict = "one pair"
+            elif mean - half > 0:
+                verdict = "yes: tiny better"
+            elif mean + half < 0:
+                verdict = f"yes: {other} better"
+            else:
+                verdict = "no"
+            print(f"| {b:g} | tiny - {other} | {len(seeds)} | {mean:+.2f} | [{mean - half:+.2f}, "
+                  f"{mean + half:+.2f}] | {sd:.2f} | {verdict} | {detectable(sd, len(seeds)):.2f} |")
+    times = [r["seconds"] for r in rows]
+    print(f"\n{len(rows)} runs, {sum(times) / 3600:.2f} h of training in all ({statistics.fmean(times) / 60:.1f} min "
+          "per run); the CI half-width of a difference is the smallest one these seeds resolve at its spread")
+
+
+# ---- the runs -----------------------------------------------------------------------------------------------
+
+
+def read_results(path: Path, key_hash: str) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash mid-write
+        if row.get("key") == key_hash:
+            out.append(row)
+    return out
+
+
+def train_one(args, key_hash: str, data: Path, method: str, budget: float, seed: int, spec, macs: int,
+              base) -> dict:
+    from rubik.train.recipes import build_config
+    from rubik.train.trainer import train
+
+    run_dir = args.out / "runs" / key_hash / f"{method}-c{budget:g}-s{seed}"
+    n_epochs = max(1, math.ceil(args.epochs))
+    values = dict(model=spec.to_dict(), data=str(data), epochs=n_epochs, batch_size=args.batch_size, lr=args.lr,
+                  seed=seed, ema_decay=0.0, device=args.device, hflip=0.5, crop_scale=[0.6, 1.0], crop_pct=1.0,
+                  log_every=0, data_path=args.data_path, num_workers=args.workers,
+                  warmup_epochs=WARMUP * n_epochs)  # of the steps actually taken, also for fractions
+    if args.epochs != n_epochs:  # a fraction: the same number of steps spread over whole epochs
+        full = args.train_images // args.batch_size
+        values["steps_per_epoch"] = max(1, round(args.epochs * full / n_epochs))
+    config = build_config(cli_values=values)
+    resume = (run_dir / "config.yaml").is_file()
+    t = time.perf_counter()
+    train(config, run_dir, resume=resume, progress=False)
+    seconds = time.perf_counter() - t
     with open(run_dir / "metrics.csv") as f:
-        return float(list(csv.DictReader(f))[-1]["val_top1"])
+        last = list(csv.DictReader(f))[-1]
+    return {"key": key_hash, "method": method, "budget": budget, "seed": seed, "top1": float(last["val_top1"]),
+            "seconds": seconds, "images_per_s": float(last["images_per_s"]), "macs": macs,
+            "resolution": spec.resolution, "depth_mult": spec.depth / base.depth, "width": spec.width / base.width,
+            "resumed": resume}
 
 
 def main() -> None:
@@ -103,80 +278,95 @@ def main() -> None:
     p.add_argument("--data", type=Path, help="an extracted cifar10/ folder (default: extract into /tmp)")
     p.add_argument("--out", type=Path, default=Path("/tmp/rubik-cube-cifar10"))
     p.add_argument("--base", default="efficientnet_b0")
-    p.add_argument("--base-resolution", type=int, default=64)
-    p.add_argument("--budget", type=float, default=0.25, help="MACs ratio c to the base")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--train-per-class", type=int, default=300)
-    p.add_argument("--test-per-class", type=int, default=200)
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers (JPEG decoding)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: no spin-waiting on shared cores)")
-    p.add_argument("--only", nargs="+", help="run only these models (tiny, giant, width)")
+    p.add_argument("--base-resolution", type=int, default=32)
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25], help="MACs ratios c to the base")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=float, default=1.5, help="passes over the training set (fractions allowed)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3, help="per 64 images (scaled linearly to the batch)")
+    p.add_argument("--train-per-class", type=int, default=0, help="0: all 5,000")
+    p.add_argument("--test-per-class", type=int, default=0, help="0: all 1,000")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--data-path", default="memory", choices=["memory", "files"])
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (the files path only)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per job (0: cores / jobs)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="runs trained at once, one process each (0: 2 on a CPU with 2+ cores, else 1)")
+    p.add_argument("--worker", type=int, nargs=2, metavar=("I", "N"), help="take every N-th pending run from I")
+    p.add_argument("--only", nargs="+", choices=METHODS, help="train only these models")
+    p.add_argument("--report", action="store_true", help="print the tables from results.jsonl and exit")
     args = p.parse_args()
+
+    root = args.data or cifar_root(Path("/tmp"))
+    data = subset(root, args.out, args.train_per_class, args.test_per_class)
+    args.train_images = sum(1 for _ in (data / "train").rglob("*.jpg"))
+    test_images = sum(1 for _ in (data / "test").rglob("*.jpg"))
+    key = {"base": args.base, "base_resolution": args.base_resolution, "epochs": args.epochs,
+           "batch_size": args.batch_size, "lr": args.lr, "train": args.train_images, "test": test_images,
+           "device": "cuda" if args.device.startswith("cuda") else "cpu", "recipe": "small-crop0.6-noema-warmup0.1-v2"}
+    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    results_path = args.out / "results.jsonl"
+    if args.report:
+        rows = read_results(results_path, key_hash)
+        if not rows:
+            sys.exit(f"no results for this schedule (key {key_hash}) in {results_path}")
+        report(rows, key)
+        return
 
     import torch
 
-    from rubik.train.recipes import build_config
-    from rubik.train.trainer import train
+    jobs = args.jobs or (2 if args.device == "cpu" and (os.cpu_count() or 1) >= 2 else 1)
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // jobs))
+    plan = {b: models(args.base, args.base_resolution, b) for b in args.budgets}
+    methods = args.only or list(METHODS)
+    todo = [(s, b, m) for s in args.seeds for b in args.budgets for m in methods]  # seed-major: pairs finish together
+    done = {(r["seed"], r["budget"], r["method"]) for r in read_results(results_path, key_hash)}
+    pending = [t for t in todo if t not in done]
+    if args.worker:  # the runs the parent gave this job (or, started by hand, every N-th pending one)
+        i, n = args.worker
+        given = os.environ.get("CUBE_RUNS")
+        pending = [tuple(t) for t in json.loads(given)] if given else pending[i::n]
+    elif jobs > 1 and pending:  # one process per job, each taking every jobs-th pending run
+        print(f"{len(pending)} runs pending, {jobs} jobs", flush=True)
+        if args.data_path == "memory":  # decode once here, not in every job at the same time
+            from rubik.train.data import open_data
+            from rubik.train.memory_data import default_cache_dir, memory_splits
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    root = args.data or cifar_root(Path("/tmp"))
-    data = subset(root, args.out, args.train_per_class, args.test_per_class)
-    base, base_macs, rows = models(args.base, args.base_resolution, args.budget)
-    if args.only:
-        rows = [r for r in rows if r[0].split()[0].replace("inverse", "giant") in args.only]
-    print(f"base {base.name} at {base.resolution} px: {base_macs / 1e6:.1f} M MACs; budget c={args.budget} "
-          f"({args.budget * base_macs / 1e6:.1f} M MACs)")
-    print(f"data {data}: {args.train_per_class} train / {args.test_per_class} test images per class; "
-          f"{args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr}, seeds {args.seeds}; "
-          f"torch threads {torch.get_num_threads()}", flush=True)
-
-    results = []
+            memory_splits(open_data(str(data), args.base_resolution), str(data), args.base_resolution, 1.0,
+                          default_cache_dir())
+        procs = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--jobs", str(jobs), "--worker", str(i),
+                                   str(jobs)], env={**os.environ, "CUBE_RUNS": json.dumps(pending[i::jobs])})
+                 for i in range(jobs)]
+        codes = [pr.wait() for pr in procs]
+        if any(codes):
+            sys.exit(f"a job failed (exit codes {codes}); rerun the same command to continue")
+        pending = []
+    if not args.worker:
+        for b, (base, base_macs, ms) in plan.items():
+            print(f"c = {b:g} of {base.name} at {base.resolution} px ({base_macs / 1e6:.2f} M MACs, 10 classes): "
+                  + "; ".join(f"{m} {s.resolution} px d {s.depth / base.depth:.3f} w {s.width / base.width:.3f} "
+                              f"{mac / 1e6:.3f} M" for m, (s, mac) in ms.items()), flush=True)
+        print(f"data {data}: {args.train_images} train / {test_images} test images; {args.epochs:g} epochs, "
+              f"batch {args.batch_size}; {len(done)} of {len(todo)} runs done (key {key_hash}); "
+              f"torch threads {torch.get_num_threads()}", flush=True)
     t_all = time.perf_counter()
-    for label, spec, macs in rows:
-        accs, times = [], []
-        for seed in args.seeds:
-            run_dir = args.out / "runs" / f"{spec.name}-seed{seed}"
-            done = run_dir / "metrics.csv"
-            if done.is_file() and (run_dir / "bench.json").is_file():  # finished earlier: reuse, do not retrain
-                info = json.loads((run_dir / "bench.json").read_text())
-                accs.append(info["top1"])
-                times.append(info["seconds"])
-                continue
-            if run_dir.exists():
-                import shutil
-
-                shutil.rmtree(run_dir)
-            config = build_config(cli_values=dict(
-                model=spec.to_dict(), data=str(data), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                seed=seed, ema_decay=0.0, num_workers=args.workers, device="cpu", hflip=0.5,
-                crop_scale=[0.6, 1.0], crop_pct=1.0, log_every=0))
-            t = time.perf_counter()
-            train(config, run_dir, progress=False)
-            seconds = time.perf_counter() - t
-            top1 = final_top1(run_dir)
-            (run_dir / "bench.json").write_text(json.dumps({"top1": top1, "seconds": seconds}))
-            accs.append(top1)
-            times.append(seconds)
-            print(f"  {label} seed {seed}: test top-1 {top1:.2f}% in {seconds:.0f} s", flush=True)
-        results.append((label, spec, macs, accs, times))
-
-    print()
-    print(f"# CIFAR-10 subset, {args.base} base at {base.resolution} px, c = {args.budget}, {args.epochs} epochs, "
-          f"{len(args.seeds)} seeds; total {(time.perf_counter() - t_all) / 60:.1f} min")
-    fmt = "| {:<14} | {:>5} | {:>5} | {:>5} | {:>8} | {:>7} | {:>16} | {:>10} |"
-    print(fmt.format("model", "r", "d", "w", "input px", "MACs M", "test top-1 %", "time / run"))
-    print("|" + "|".join("-" * (n + 2) for n in (14, 5, 5, 5, 8, 7, 16, 10)) + "|")
-    for label, spec, macs, accs, times in results:
-        spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(fmt.format(label, f"{spec.resolution / base.resolution:.3f}", f"{spec.depth / base.depth:.3f}",
-                         f"{spec.width / base.width:.3f}", spec.resolution, f"{macs / 1e6:.2f}",
-                         f"{statistics.mean(accs):.2f} ± {spread:.2f}", f"{statistics.mean(times):.0f} s"))
-    print("mean ± sample standard deviation over seeds; seeds: "
-          + "; ".join(f"{label} " + ", ".join(f"{a:.2f}" for a in accs) for label, _, _, accs, _ in results))
+    for k, (seed, budget, method) in enumerate(pending):
+        base, _, ms = plan[budget]
+        spec, macs = ms[method]
+        row = train_one(args, key_hash, data, method, budget, seed, spec, macs, base)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(results_path, "a") as f:  # one short line in one write: safe beside other jobs' appends
+            f.write(json.dumps(row) + "\n")
+        elapsed = time.perf_counter() - t_all
+        eta = elapsed / (k + 1) * (len(pending) - k - 1)
+        print(f"  {LABELS[method]} c={budget:g} seed {seed}: test top-1 {row['top1']:.2f}% in {row['seconds']:.0f} s "
+              f"({row['images_per_s']:.0f} img/s); {k + 1}/{len(pending)} done, about {eta / 60:.0f} min left",
+              flush=True)
+    if not args.worker:
+        rows = read_results(results_path, key_hash)
+        if rows:
+            report(rows, key)
 
 
 if __name__ == "__main__":
