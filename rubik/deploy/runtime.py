@@ -158,6 +158,20 @@ class OnnxModel:
         return self.session.run(None, {self.input_name: x})[0]
 
 
+def _pin_xnnpack_threads(threads: int) -> bool:
+    """Set ExecuTorch's process-wide XNNPACK thread pool to `threads` (like ORT's intra-op threads); True when it
+    changed. Only after a program has been loaded (a reset before crashed the process), and only once per thread
+    count: a program loaded before a reset must be loaded again (its delegate holds the old pool)."""
+    try:
+        from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+    except ImportError:
+        return False
+    if _threadpool_get_thread_count() == threads:
+        return False
+    _unsafe_reset_threadpool(threads)
+    return True
+
+
 class ExecuTorchModel:
     """A .pte file in ExecuTorch's Python runtime (XNNPACK kernels where the file delegates to them);
     metadata from the JSON file beside it. The file's input shape is static."""
@@ -181,17 +195,8 @@ class ExecuTorchModel:
             raise RuntimeModelError(f"model file {path} is not a valid ExecuTorch program ({first}); it may be "
                                     "truncated or corrupt: export it again") from None
         self.threads = threads
-        try:  # XNNPACK's thread pool is process-wide; pin it like ORT's intra-op threads (after loading: a reset
-            # before the first program is loaded crashed the process)
-            from executorch.extension.pybindings.portable_lib import (
-                _threadpool_get_thread_count,
-                _unsafe_reset_threadpool,
-            )
-
-            if _threadpool_get_thread_count() != threads:  # each reset logs a line to stderr
-                _unsafe_reset_threadpool(threads)
-        except ImportError:
-            pass
+        if _pin_xnnpack_threads(threads):  # programs loaded before a reset keep the old pool: load again
+            self.method = Runtime.get().load_program(path).load_method("forward")
         shape = self.metadata.get("rubik.input_shape")
         self.fixed_batch = json.loads(shape)[0] if shape else 1
 
