@@ -87,9 +87,11 @@ def test_predict_draws_named_boxes(trained, tmp_path, capsys):
     image_path = tmp_path / "digits.png"
     data.val.load_image(index).save(image_path)
     out = tmp_path / "out.png"
-    assert main(["predict", "--weights", str(trained), str(image_path), "-o", str(out), "--json"]) == 0
+    # A weakly trained detector (see above): its best boxes score well below the default --min-score 0.3.
+    assert main(["predict", "--weights", str(trained), str(image_path), "-o", str(out), "--json",
+                 "--min-score", "0.05"]) == 0
     result = json.loads(capsys.readouterr().out)[0]
-    assert result["boxes"] and all(b["class"] in ("0", "1") and b["score"] >= 0.3 for b in result["boxes"])
+    assert result["boxes"] and all(b["class"] in ("0", "1") and b["score"] >= 0.05 for b in result["boxes"])
     drawn, plain = np.asarray(Image.open(out)), np.asarray(Image.open(image_path))
     assert drawn.shape == plain.shape and (drawn != plain).any()
 
