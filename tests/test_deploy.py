@@ -24,8 +24,6 @@ RUNTIME_FILE = Path(rubik.__file__).parent / "deploy" / "runtime.py"
 
 
 def run_cli(argv, capsys, monkeypatch):
-    # Only this module's commands: other subcommands are other people's and may be mid-change.
-    monkeypatch.setattr(rubik.cli, "COMMAND_MODULES", ["rubik.cli", "rubik.deploy.cli"])
     code = rubik.cli.main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err

@@ -32,7 +32,6 @@ def run_cli(argv):
     import contextlib
     import io
 
-    rubik.cli.COMMAND_MODULES = ["rubik.cli", "rubik.deploy.cli"]  # others' commands may be mid-change
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = rubik.cli.main(argv)
@@ -60,13 +59,9 @@ def exported(tmp_path_factory):
         for i in range(6):
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp / "images" / c / f"{i}.png")
     out = tmp / "out" / "m.pte"
-    saved = rubik.cli.COMMAND_MODULES
-    try:
-        code, stdout, err = run_cli(["export", "--weights", str(run), "--format", "executorch", "-o", str(out),
-                                     "--int8", "--calib", str(tmp / "images"), "--calib-n", "8", "--eval-n", "10",
-                                     "--max-drop", "-1"])
-    finally:
-        rubik.cli.COMMAND_MODULES = saved
+    code, stdout, err = run_cli(["export", "--weights", str(run), "--format", "executorch", "-o", str(out),
+                                 "--int8", "--calib", str(tmp / "images"), "--calib-n", "8", "--eval-n", "10",
+                                 "--max-drop", "-1"])
     return {"model": model, "out": out, "fp32": tmp / "out" / "m.fp32.pte", "code": code, "stdout": stdout,
             "err": err, "tmp": tmp}
 
