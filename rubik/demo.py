@@ -19,7 +19,7 @@ DIGITS_RESOLUTION = 64
 def cmd_demo(args: argparse.Namespace) -> None:
     from .cli import main
     from .cube.twist import Twister
-    from .deploy.bench import bench
+    from .deploy.bench import FILE_BACKEND, bench
     from .deploy.images import open_images
     from .deploy.quantize import check_int8
     from .errors import RubikError
@@ -59,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     rows = bench([str(out / "base.json")], backends=("eager", "ort-fp32"), runs=args.runs, log=quiet)
     rows += bench([str(spec_path)], weights=str(run), backends=("eager",), runs=args.runs, log=quiet)
     rows += bench([str(fp32_path), str(onnx_path)], runs=args.runs, log=quiet)
-    ms = {(r.model if r.backend != "ort-file" else Path(r.model).name, r.backend): r.median_ms for r in rows}
+    ms = {(r.model if r.backend != FILE_BACKEND else Path(r.model).name, r.backend): r.median_ms for r in rows}
 
     def cell(key):
         return f"{ms[key]:.2f}" if key in ms else "-"
@@ -72,7 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                      cell((base.name, "eager")), cell((base.name, "ort-fp32")), "-"))
     print(fmt.format(s.name, s.resolution, f"{result.macs / 1e6:.2f}", f"{100 * check.fp32_accuracy:.2f}",
                      f"{100 * check.int8_accuracy:.2f}", cell((s.name, "eager")),
-                     cell(("model.fp32.onnx", "ort-file")), cell(("model.onnx", "ort-file"))))
+                     cell(("model.fp32.onnx", FILE_BACKEND)), cell(("model.onnx", FILE_BACKEND))))
     print(f"top-1 on the {check.n} held-out digits test images; best validation top-1 during training: "
           f"{best.get('top1', float('nan')):.2f} % ({best.get('weights', '?')} weights)")
     print("MACs = multiply-accumulates of convolutions and linear layers, what the papers call FLOPs; "

@@ -52,6 +52,10 @@ class BenchRow:
         return {**asdict(self), "images_per_s": self.images_per_s, "gmac_per_s": self.gmacs}
 
 
+# The backend name of a row timing an exported file (.onnx or .pte) as it is; demo reads rows by it.
+FILE_BACKEND = "file"
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     before = torch.get_num_threads()
@@ -199,7 +203,7 @@ def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 1
                 name, macs, res = _macs_of_file(path)
                 x = np.random.default_rng(0).standard_normal((batch, 3, res, res), dtype=np.float32)
                 runner = _ort_runner if target.endswith(".onnx") else _et_runner
-                fns["file"] = runner(path, x, threads)
+                fns[FILE_BACKEND] = runner(path, x, threads)
             else:
                 from ..models.weights import create_model
                 from ..profile import count
@@ -286,7 +290,7 @@ def plot(rows: list[BenchRow], path: str | Path, accuracies: dict[str, float] | 
     accuracies = accuracies or {}
     use_acc = bool(rows) and all(r.model in accuracies for r in rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"eager": "o", "compile": "s", "ort-fp32": "^", "ort-int8": "D", "file": "v", "et-fp32": "<",
+    markers = {"eager": "o", "compile": "s", "ort-fp32": "^", "ort-int8": "D", FILE_BACKEND: "v", "et-fp32": "<",
                "et-int8": ">", "ort-plain": "x"}
     for backend in dict.fromkeys(r.backend for r in rows):
         sel = [r for r in rows if r.backend == backend and (use_acc or r.macs is not None)]
