@@ -8,8 +8,7 @@ import math
 from pathlib import Path
 
 from ..errors import RubikError
-
-RUN_MODEL_FILE, RUN_WEIGHTS_FILE = "model.json", "best.safetensors"  # what the trainer writes in a run directory
+from ..train.run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
 
 
 def load_detector(weights: str | Path, model=None):
