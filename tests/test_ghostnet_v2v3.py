@@ -206,3 +206,17 @@ def test_models_profile_and_twist_report_the_folded_network(capsys):
     with torch.device("meta"):
         twisted = rubik.create_model(out["model"])
     assert out["params"] == count_params(deployed(twisted)) < count_params(twisted)
+
+
+@pytest.mark.parametrize("name", ["ghostnet_100", "ghostnetv2_100", "ghostnetv3_100"])
+def test_exported_graph_has_no_slice_that_keeps_every_channel(name):
+    # torch.export turns a slice that keeps every channel into aten.alias; ExecuTorch then leaves an
+    # alias_copy outside the XNNPACK delegate and splits the graph around it.
+    model = rubik.create_model(name).eval()
+    if hasattr(model, "reparameterize"):
+        model.reparameterize()
+    graph = torch.export.export(deployed(model), (torch.randn(1, 3, 64, 64),), strict=False).graph
+    noop = [str(n) for n in graph.nodes if n.op == "call_function" and "alias" in str(n.target)]
+    full = [str(n) for n in graph.nodes if n.op == "call_function" and "slice" in str(n.target)
+            and n.meta["val"].shape == n.args[0].meta["val"].shape]
+    assert not noop and not full, noop + full

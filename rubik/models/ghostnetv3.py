@@ -102,7 +102,9 @@ class GhostModuleV3(nn.Module):
             x1 = self.primary_activation(sum(branch(x) for branch in self.primary_rpr_conv))
             x2 = self.cheap_rpr_scale(x1) + self.cheap_rpr_skip(x1)
             x2 = self.cheap_activation(x2 + sum(branch(x1) for branch in self.cheap_rpr_conv))
-        out = torch.cat([x1, x2], dim=1)[:, : self.out_ch]
+        out = torch.cat([x1, x2], dim=1)
+        if out.shape[1] > self.out_ch:  # ceil() made one map too many; a slice keeping all would reach exports
+            out = out[:, : self.out_ch]
         return dfc_gate(self.short_conv, x, out) if self.short_conv is not None else out
 
     @torch.no_grad()
