@@ -63,6 +63,39 @@ def test_twisted_spec_meets_the_budget():
     assert abs(spec.resolution - round(32 * 0.7)) <= 2 and spec.depth == pytest.approx(0.9 * base.depth)
 
 
+def test_budgets_count_the_head_the_trials_train():
+    # A 1000-way head is 1.3 M MACs, more than the rest of B0 at 32 px shrunk to c = 0.25: counted on
+    # 10-class data it made a "c = 0.25" trial really c = 0.135, and c = 0.125 looked unreachable.
+    from rubik.cube.solve import macs_of
+    from rubik.search.study import check_budgets
+
+    s = SearchSettings(budgets=[0.5, 0.25, 0.125], num_classes=10, **SMALL)
+    check_budgets(s)
+    base, spec, macs, base_macs = twisted_spec(s, 0.25, 0.7, 0.9)
+    assert macs == macs_of(spec, num_classes=10) and base_macs == macs_of(base, num_classes=10)
+    assert abs(macs / (0.25 * base_macs) - 1) <= 0.02
+    with pytest.raises(RubikError, match="0.125 is outside"):
+        check_budgets(SearchSettings(budgets=[0.125], **SMALL))  # what a 1000-class count says
+
+
+def test_search_cli_records_the_data_s_class_count(tmp_path, monkeypatch):
+    import rubik.search.study as study_module
+    from rubik.cli import main
+    from rubik.search.study import settings_of
+
+    ran = []
+    monkeypatch.setattr(study_module, "run_worker", lambda study, settings, *a, **k: ran.append(settings) or [])
+
+    url = sqlite(tmp_path)
+    args = ["search", "--study", "n", "--storage", url, "--data", "digits", "--budget", "0.5", "--trials", "1",
+            "--base-resolution", "32", "--epochs", "1", "--out", str(tmp_path / "runs")]
+    main(args)
+    import optuna
+
+    study = optuna.load_study(study_name="n", storage=url)
+    assert settings_of(study).num_classes == 10 and ran[0].num_classes == 10
+
+
 def test_bad_input_is_one_line_errors(tmp_path):
     storage = open_storage(sqlite(tmp_path), heartbeat=1)
     with pytest.raises(RubikError, match="not a MACs ratio"):

@@ -34,18 +34,19 @@ def macs_of(spec: ModelSpec, num_classes: int = 1000) -> int:
     return count(model, spec.resolution)[0]
 
 
-def solve_width(spec: ModelSpec, target_macs: float, tolerance: float = 1e-3) -> list[tuple[ModelSpec, int]]:
+def solve_width(spec: ModelSpec, target_macs: float, tolerance: float = 1e-3,
+                num_classes: int = 1000) -> list[tuple[ModelSpec, int]]:
     """The two widths around the target: the widest model at or below it and the narrowest above.
 
     MACs grow in steps with width (all stages round to multiples of 8 together), so bisection
     brackets the step that crosses the target. Raises InfeasibleBudget when even the extreme
-    widths cannot reach it.
+    widths cannot reach it. MACs count a `num_classes`-way classifier (the head is part of the budget).
     """
     cache: dict[float, int] = {}
 
     def at(w: float) -> int:
         if w not in cache:
-            cache[w] = macs_of(replace(spec, width=w))
+            cache[w] = macs_of(replace(spec, width=w), num_classes)
         return cache[w]
 
     lo, hi = WIDTH_RANGE
@@ -65,7 +66,7 @@ def solve_width(spec: ModelSpec, target_macs: float, tolerance: float = 1e-3) ->
 
 
 def solve(spec: ModelSpec, target_macs: float, max_error: float = 0.01,
-          max_resolution_change: float = 0.06) -> tuple[ModelSpec, int]:
+          max_resolution_change: float = 0.06, num_classes: int = 1000) -> tuple[ModelSpec, int]:
     """Width for the target; where channel steps leave it more than `max_error` off, resolution too.
 
     MACs move in steps with width (the first stage going from 8 to 16 channels adds 13 % to a
@@ -73,7 +74,7 @@ def solve(spec: ModelSpec, target_macs: float, max_error: float = 0.01,
     adds a row and column to the last stages: 17 %). Resolutions nearest the formula's are tried
     in turn, each with its own width, until one lands within `max_error`.
     """
-    bracket = solve_width(spec, target_macs)
+    bracket = solve_width(spec, target_macs, num_classes=num_classes)
     best_spec, best = min(bracket, key=lambda sm: abs(sm[1] - target_macs))
     limit = max(1, round(spec.resolution * max_resolution_change))
     for offset in sorted(range(-limit, limit + 1), key=abs)[1:]:
@@ -83,7 +84,7 @@ def solve(spec: ModelSpec, target_macs: float, max_error: float = 0.01,
         if resolution < MIN_RESOLUTION:
             continue
         try:
-            bracket = solve_width(replace(spec, resolution=resolution), target_macs)
+            bracket = solve_width(replace(spec, resolution=resolution), target_macs, num_classes=num_classes)
         except InfeasibleBudget:
             continue
         cand_spec, cand = min(bracket, key=lambda sm: abs(sm[1] - target_macs))

@@ -58,9 +58,13 @@ class SearchSettings:
     references: bool = False
     data: str = "digits"  # recorded for provenance; workers may see the data at different paths
     latency: bool = False
+    # The classifier the budgets count: the data's class count (a 1000-way head is 1.3 M MACs, a tenth of
+    # B0 at 64 px, so counting ImageNet's head on CIFAR-10 would mislabel every c). Studies made before
+    # this field counted 1000 classes, which is what the default keeps for them.
+    num_classes: int = 1000
 
     IDENTITY = ("base", "base_resolution", "budgets", "r_range", "d_range", "epochs", "seed", "recipe",
-                "batch_size", "overrides", "references")
+                "batch_size", "overrides", "references", "num_classes")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,8 +314,8 @@ def twisted_spec(settings: SearchSettings, c: float, r: float, d: float, kind: s
     resolution = max(MIN_TRAIN_RESOLUTION, round(base.resolution * r))
     start = replace(base, name=f"{base.name}_c{c:g}_r{r:.3f}_d{d:.3f}", resolution=resolution,
                     depth=base.depth * d, rules=rules)
-    base_macs = macs_of(base)
-    spec, macs = solve(start, c * base_macs)
+    base_macs = macs_of(base, settings.num_classes)
+    spec, macs = solve(start, c * base_macs, num_classes=settings.num_classes)
     return base, spec, macs, base_macs
 
 
@@ -324,7 +328,7 @@ def check_budgets(settings: SearchSettings) -> None:
     r_lo, d_lo = settings.r_range[0], settings.d_range[0]
     smallest = replace(base, resolution=max(MIN_TRAIN_RESOLUTION, round(base.resolution * r_lo)),
                        depth=base.depth * d_lo, width=WIDTH_RANGE[0], rules=rules)
-    floor = macs_of(smallest) / macs_of(base)
+    floor = macs_of(smallest, settings.num_classes) / macs_of(base, settings.num_classes)
     low = [c for c in settings.budgets if c < floor]
     if low:
         raise RubikError(f"budget {min(low):g} is outside what {base.name} at {base.resolution} px can be shrunk to "

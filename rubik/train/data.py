@@ -110,6 +110,15 @@ def _split(samples: list[tuple[str, int]], fraction: float, seed: int):
     return train, val
 
 
+def class_count(source: str) -> int:
+    """How many classes `digits` or an ImageFolder tree has, from its folder names alone (no image is read)."""
+    if source == DIGITS:
+        return len(DIGIT_CLASSES)
+    root = Path(source).expanduser()
+    root = root / "train" if (root / "train").is_dir() else root
+    return sum(1 for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def open_data(source: str, resolution: int, val_split: float = 0.1, seed: int = 0, strict: bool = False) -> DataSplits:
     """Training and validation sets from `digits` or an ImageFolder tree.
 
