@@ -104,24 +104,18 @@ def _macs(spec) -> int:
 
 
 def _solve_width(spec, target: float) -> tuple[object, int]:
-    """The width whose 10-class MACs are nearest `target` (bisection on ln w brackets the channel step)."""
-    from rubik.cube.solve import WIDTH_RANGE
+    """The width whose 10-class MACs are nearest `target` ((None, 0) when no width reaches it)."""
+    from rubik.cube.solve import InfeasibleBudget, solve_width
 
-    lo, hi = WIDTH_RANGE
-    if _macs(replace(spec, width=lo)) > target or _macs(replace(spec, width=hi)) < target:
+    try:
+        bracket = solve_width(spec, target, num_classes=NUM_CLASSES)
+    except InfeasibleBudget:
         return None, 0
-    while hi - lo > 1e-3:
-        mid = math.sqrt(lo * hi)
-        if _macs(replace(spec, width=mid)) <= target:
-            lo = mid
-        else:
-            hi = mid
-    return min(((replace(spec, width=w), _macs(replace(spec, width=w))) for w in (lo, hi)),
-               key=lambda sm: abs(sm[1] - target))
+    return min(bracket, key=lambda sm: abs(sm[1] - target))
 
 
 def _solve(spec, target: float, max_resolution_change: float) -> tuple[object, int]:
-    """rubik.cube.solve.solve with the 10-class head: width, then resolutions nearest the formula's in turn."""
+    """rubik.cube.solve.solve's search, but strict: within 1 % or exit (the caller then looks further)."""
     best, best_macs = _solve_width(spec, target)
     limit = round(spec.resolution * max_resolution_change)
     for offset in sorted(range(-limit, limit + 1), key=abs)[1:]:
