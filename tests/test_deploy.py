@@ -52,6 +52,15 @@ def image_folder(tmp_path):
     return root
 
 
+def every_image(root):
+    """All 24 labelled images (open_images gives a split: a folder without val/ holds some out)."""
+    from rubik.deploy.images import LabelledImages
+    from rubik.image_folder import scan_folder
+
+    samples, classes = scan_folder(root)
+    return LabelledImages([p for p, _ in samples], [c for _, c in samples], classes)
+
+
 @pytest.fixture
 def run_dir(tmp_path, tiny):
     """A training run directory as `rubik train` writes it."""
@@ -155,7 +164,7 @@ def test_int8_quantizes_and_checks_against_fp32(tmp_path, tiny, image_folder):
     from rubik.deploy.quantize import check_int8, quantize_int8
 
     fp32 = export_onnx(tiny, tmp_path / "m.fp32.onnx")
-    data = open_images(image_folder)
+    data = every_image(image_folder)
     config = quantize_int8(fp32, data.images, tmp_path / "m.onnx", calib_n=12, boundary="all")
     assert config.calib_images == 12 and config.float_nodes >= 1  # the stem stays float
 
@@ -191,7 +200,7 @@ def test_auto_boundary_drops_candidates_that_agree_worse(tmp_path, tiny, image_f
     import rubik.deploy.quantize as q
 
     fp32 = export_onnx(tiny, tmp_path / "m.fp32.onnx")
-    data = open_images(image_folder)
+    data = every_image(image_folder)
     real = q.predictions
     earliest = {}
 
@@ -226,7 +235,7 @@ def test_auto_calibration_takes_the_method_that_agrees_better(tmp_path, tiny, im
     import rubik.deploy.quantize as q
 
     fp32 = export_onnx(tiny, tmp_path / "m.fp32.onnx")
-    data = open_images(image_folder)
+    data = every_image(image_folder)
     real = q.predictions
 
     def predictions(path, images, threads=1):  # MinMax made to flip every image's class, Percentile to agree
@@ -251,7 +260,7 @@ def test_cli_export_run_dir_to_int8(tmp_path, run_dir, image_folder, capsys, mon
                                  "--max-drop", "100"], capsys, monkeypatch)
     assert code == 0, err
     assert "ONNX Runtime vs PyTorch: verified on 16 real images" in stdout
-    assert "top-1 agreement" in stdout and "held-out" in stdout
+    assert "top-1 agreement" in stdout and "on 3 held-out images" in stdout  # the run's split: 1 per class
     assert out.is_file() and (tmp_path / "out" / "m.fp32.onnx").is_file()
     assert Classifier(out).classes == ["cat", "dog", "owl"]
 
@@ -344,7 +353,7 @@ def test_calibration_survives_a_tensor_with_a_degenerate_range(tmp_path, image_f
     torch.manual_seed(0)
     model = rubik.create_model(TINY, num_classes=3).eval()
     fp32 = export_onnx(model, tmp_path / "m.fp32.onnx")
-    data = open_images(image_folder)
+    data = every_image(image_folder)
     for method in ("percentile", "minmax", "auto"):
         out = tmp_path / f"{method}.onnx"
         config = quantize_int8(fp32, data.images[:12], out, calib_n=12, boundary="all", method=method,

@@ -270,6 +270,30 @@ def test_eval_predict_cam_and_plot_on_a_trained_run(tmp_path):
     assert result.returncode == 0 and (run / "curves.png").stat().st_size > 1000, result.stderr
 
 
+def test_eval_and_export_score_the_images_training_held_out(tmp_path):
+    # A folder without val/: training holds out a seeded fraction; eval and the int8 check must score
+    # exactly those images (they used to score the whole folder, training images included).
+    import shutil
+
+    from rubik.deploy.images import open_images
+    from rubik.train.data import open_data
+
+    data = make_image_folder(tmp_path / "data")
+    shutil.rmtree(data / "val")
+    run = tmp_path / "run"
+    train(build_config(cli_values=quick(data=str(data), epochs=1, val_split=0.25, seed=5)), run)
+    assert json.loads((run / "model.json").read_text())["holdout"] == [0.25, 5]
+    split = open_data(str(data), 24, val_split=0.25, seed=5)
+    held = [p for p, _ in split.val.samples]
+    result = rubik_cli("eval", "--weights", str(run), "--data", str(data), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["images"] == len(held) == 12
+    assert open_images(data, "test", (0.25, 5)).images == held
+    assert open_images(data, "train", (0.25, 5)).images == [p for p, _ in split.train.samples]
+    assert not set(held) & set(open_images(data, "train", (0.25, 5)).images)
+    assert open_images(data, "test").images != held  # the default (0.1, seed 0) split is another one
+
+
 def test_cam_weights_are_the_classifier_rows_for_a_pooled_linear_head(randomize_bn):
     from rubik.models import build, get_spec
     from rubik.train.cam import class_activation_map

@@ -30,13 +30,13 @@ def _load_model(args: argparse.Namespace):
                      "ImageNet weights (--random-init exports untrained weights, for speed tests only)")
 
 
-def _heldout(calib: str, eval_source: str | None, calib_images, calib_idx: list[int], n: int):
+def _heldout(calib: str, eval_source: str | None, calib_images, calib_idx: list[int], n: int, holdout):
     from .images import open_images, sample
 
     if eval_source:
-        held = open_images(eval_source, "test")
+        held = open_images(eval_source, "test", holdout)
         return held.subset(sample(held, n, seed=1))
-    held = open_images(calib, "test")
+    held = open_images(calib, "test", holdout)
     same = held.images == calib_images.images
     idx = sample(held, n, seed=1, exclude=set(calib_idx) if same else None)
     return held.subset(idx)
@@ -68,7 +68,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.calib or args.images:
         from .images import open_images, sample
 
-        source = open_images(args.images or args.calib, "test")
+        source = open_images(args.images or args.calib, "train")  # any real images: this checks arithmetic
         verify_images = source.subset(sample(source, 16, seed=2)).images
 
     if args.format == "ncnn":
@@ -95,10 +95,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     if not args.int8:
         return
 
+    from ..image_folder import DEFAULT_HOLDOUT
     from .images import open_images, sample
     from .quantize import check_int8, quantize_int8
 
-    calib = open_images(args.calib, "train")
+    holdout = getattr(model, "holdout", DEFAULT_HOLDOUT)  # a run's split of a folder without val/
+    calib = open_images(args.calib, "train", holdout)
     calib_idx = sample(calib, args.calib_n, seed=0)
     if executorch:
         result = export_executorch(model, out, batch=args.batch, resolution=args.resolution,
@@ -113,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                                select_images=select)
         print(f"wrote {out} (int8 {config.format} U8S8 per-channel, {config.calibration} calibration on "
               f"{config.calib_images} images; first {config.float_nodes} of {config.nodes} nodes kept float)")
-    held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n)
+    held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n, holdout)
     result = check_int8(fp32_path, out, held, getattr(model, "classes", None), threads=args.threads)
     print(result)
     if result.accuracy_delta is not None and -100 * result.accuracy_delta > args.max_drop:

@@ -15,7 +15,7 @@ import numpy as np
 from ..digits import CLASSES as DIGIT_CLASSES
 from ..digits import DIGITS, digits_split
 from ..errors import RubikError
-from ..image_folder import IMAGE_EXTENSIONS, is_image, scan_folder, split_folder
+from ..image_folder import DEFAULT_HOLDOUT, IMAGE_EXTENSIONS, folder_splits, is_image, scan_folder, split_folder
 
 
 class NoImagesError(RubikError):
@@ -43,18 +43,32 @@ def _digits(split: str) -> LabelledImages:
     return LabelledImages(list(images), labels, list(DIGIT_CLASSES))
 
 
-def open_images(source: str | Path, split: str = "train") -> LabelledImages:
+def open_images(source: str | Path, split: str = "train",
+                holdout: tuple[float, int] = DEFAULT_HOLDOUT) -> LabelledImages:
     """`digits` (its train or test split), or a folder in rubik's one convention (`rubik.image_folder`):
     ROOT/CLASS/*.jpg (labelled), ROOT/train/CLASS and an evaluation split (val/, valid/, validation/ or
     test/: the folder `rubik train` validates on and `rubik eval` scores), or any tree of images (unlabelled).
-    `split`: "train", or "test"/"eval" for the evaluation split."""
+    `split`: "train", or "test"/"eval" for the evaluation split. A labelled folder without an evaluation
+    split is split as training split it: `holdout` (fraction, seed) of each class held out (the run's
+    `.holdout`), so the int8 check scores the images `rubik eval` scores and calibration never sees them."""
     if str(source) == DIGITS:
         return _digits(split)
     root = Path(source).expanduser()
     if not root.is_dir():
         raise NoImagesError(f"image folder {root} does not exist; pass a folder of images (ROOT/CLASS/*.jpg) "
                             "or 'digits'")
-    root = split_folder(root, "train" if split == "train" else "eval")
+    eval_folder = split_folder(root, "eval")
+    if eval_folder == root:
+        # no evaluation split: hold out what training held out (a labelled tree only; see below)
+        folder = split_folder(root, "train")
+        samples, classes = scan_folder(folder)
+        if samples and not any(is_image(p) for p in folder.iterdir()):
+            splits = folder_splits(root, *holdout)
+            chosen = splits.train if split == "train" else splits.val
+            return LabelledImages([p for p, _ in chosen], [c for _, c in chosen], classes)
+        root = folder
+    else:
+        root = split_folder(root, "train" if split == "train" else "eval")
     samples, classes = scan_folder(root)
     if samples and not any(is_image(p) for p in root.iterdir()):
         return LabelledImages([p for p, _ in samples], [c for _, c in samples], classes)

@@ -164,7 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from .data import DIGITS, DigitsImages, ImageFiles, Transformed, collate, eval_transform, scan_folder, worker_error
+    from .data import DIGITS, DigitsImages, ImageFiles, Transformed, collate, eval_transform, worker_error
     from .evaluate import evaluate
     from .plot import plot_confusion
 
@@ -178,12 +178,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
         root = Path(args.data)
         if not root.is_dir():
             raise RubikError(f"data folder {root} does not exist; pass ROOT (with val/ or test/) or ROOT/CLASS/*.jpg")
-        from ..image_folder import split_folder
+        from ..image_folder import folder_splits, scan_folder, split_folder
 
+        # The images training validated on: val/ (or test/...), else the fraction the run held out.
         folder = split_folder(root, "eval")
-        samples, classes = scan_folder(folder)
+        if folder != root:
+            samples, classes = scan_folder(folder)
+        else:
+            splits = folder_splits(root, *net.holdout)
+            samples, classes = splits.val, splits.classes
         if not samples:
-            raise RubikError(f"no images found under {folder}; expected {folder}/CLASS/IMAGE")
+            raise RubikError(f"no images found under {root}; expected ROOT/val/CLASS/IMAGE or ROOT/CLASS/IMAGE")
         base = ImageFiles(samples, classes, strict=args.strict)
     num_classes = net.classifier.out_features if hasattr(net.classifier, "out_features") else len(classes)
     if net.classes is not None and list(net.classes) != classes:

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from ..digits import CLASSES as DIGIT_CLASSES
 from ..digits import DIGITS, digits_split, upscale
 from ..errors import RubikError
-from ..image_folder import EVAL_DIRS, IMAGE_EXTENSIONS, scan_folder  # noqa: F401 (re-exported)
+from ..image_folder import EVAL_DIRS, IMAGE_EXTENSIONS, folder_splits, scan_folder  # noqa: F401 (re-exported)
 
 VAL_DIRS = EVAL_DIRS  # the folder convention is rubik.image_folder's, shared with eval and deploy
 
@@ -95,21 +95,6 @@ def worker_error(e: RubikError) -> RubikError:
     return type(e)(last.split(": ", 1)[1] if ": " in last else last)
 
 
-def _split(samples: list[tuple[str, int]], fraction: float, seed: int):
-    """A stratified split: `fraction` of each class (at least one image) goes to validation."""
-    g = torch.Generator().manual_seed(seed)
-    by_class: dict[int, list[tuple[str, int]]] = {}
-    for s in samples:
-        by_class.setdefault(s[1], []).append(s)
-    train, val = [], []
-    for _, items in sorted(by_class.items()):
-        order = torch.randperm(len(items), generator=g).tolist()
-        n_val = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
-        val += [items[i] for i in order[:n_val]]
-        train += [items[i] for i in order[n_val:]]
-    return train, val
-
-
 def class_count(source: str) -> int:
     """How many classes `digits` or an ImageFolder tree has, from its folder names alone (no image is read)."""
     if source == DIGITS:
@@ -135,23 +120,8 @@ def open_data(source: str, resolution: int, val_split: float = 0.1, seed: int = 
                          "and ROOT/val/CLASS/*.jpg, or ROOT/CLASS/*.jpg) or 'digits'")
     if not root.is_dir():
         raise RubikError(f"data path {root} is a file; pass a folder of class subfolders or 'digits'")
-    val_dir = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
-    if (root / "train").is_dir():
-        train_samples, classes = scan_folder(root / "train")
-        if val_dir is not None:
-            val_samples, val_classes = scan_folder(val_dir)
-            if val_classes != classes:
-                missing = sorted(set(classes) ^ set(val_classes))
-                raise RubikError(f"{root / 'train'} and {val_dir} have different class folders (e.g. {missing[:3]}); "
-                                 "give both the same classes")
-            how = f"{root / 'train'} and {val_dir}"
-        else:
-            train_samples, val_samples = _split(train_samples, val_split, seed)
-            how = f"{root / 'train'}, {val_split:.0%} held out"
-    else:
-        train_samples, classes = scan_folder(root)
-        train_samples, val_samples = _split(train_samples, val_split, seed)
-        how = f"{root}, {val_split:.0%} held out"
+    splits = folder_splits(root, val_split, seed)
+    train_samples, val_samples, classes, how = splits.train, splits.val, splits.classes, splits.how
     if not classes or not train_samples:
         raise RubikError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
                          "expected ROOT/CLASS/IMAGE or ROOT/train/CLASS/IMAGE")

@@ -14,7 +14,7 @@ from torch import nn
 from ..models.registry import ModelSpec, build, get_spec
 from ..models.weights import WeightsError, load_weights, read_state_dict
 
-RUN_MODEL_FILE = "model.json"  # {"model": spec, "num_classes": N, "classes": [...]}
+RUN_MODEL_FILE = "model.json"  # {"model": spec, "num_classes": N, "classes": [...], "holdout": [fraction, seed]}
 RUN_WEIGHTS_FILE = "best.safetensors"  # the weights to deploy
 
 
@@ -22,10 +22,13 @@ def load_trained(weights: str | Path, model: str | dict | Path | ModelSpec | Non
     """A trained model, in eval mode, from a run directory or from a weights file plus a model.
 
     For a bare weights file, `model` names the architecture and the class count is read from the
-    file's classifier. The returned model carries `.classes` (names or None).
+    file's classifier. The returned model carries `.classes` (names or None) and `.holdout`: the
+    (fraction, seed) that split a training folder without val/ (older runs: the defaults they used).
     """
+    from ..image_folder import DEFAULT_HOLDOUT
+
     path = Path(weights)
-    classes = None
+    classes, holdout = None, DEFAULT_HOLDOUT
     if path.is_dir():
         meta_path = path / RUN_MODEL_FILE
         if not meta_path.is_file():
@@ -34,6 +37,7 @@ def load_trained(weights: str | Path, model: str | dict | Path | ModelSpec | Non
         meta = json.loads(meta_path.read_text())
         model = model or meta["model"]
         classes = meta.get("classes")
+        holdout = tuple(meta.get("holdout", DEFAULT_HOLDOUT))
         path = path / RUN_WEIGHTS_FILE
     if model is None:
         raise WeightsError(f"weights file {path} does not say which architecture it is for; name one (--model NAME)")
@@ -42,5 +46,5 @@ def load_trained(weights: str | Path, model: str | dict | Path | ModelSpec | Non
     num_classes = head.shape[0] if head is not None else 1000
     net = build(get_spec(model), num_classes=num_classes)
     load_weights(net, state, source=f"weights file {path}")
-    net.classes = classes
+    net.classes, net.holdout = classes, holdout
     return net.eval()
