@@ -54,10 +54,12 @@ def exported(tmp_path_factory):
     (run / "model.json").write_text(json.dumps({"model": model.spec.to_dict(), "num_classes": 3,
                                                 "classes": ["cat", "dog", "owl"]}))
     rng = np.random.default_rng(0)
-    for c in ("cat", "dog", "owl"):
-        (tmp / "images" / c).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp / "images" / c / f"{i}.png")
+    for split, n in (("train", 6), ("val", 4)):  # calibration and verification from train/, the check on val/
+        for c in ("cat", "dog", "owl"):
+            (tmp / "images" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp / "images" / split / c / f"{i}.png")
     out = tmp / "out" / "m.pte"
     code, stdout, err = run_cli(["export", "--weights", str(run), "--format", "executorch", "-o", str(out),
                                  "--int8", "--calib", str(tmp / "images"), "--calib-n", "8", "--eval-n", "10",
