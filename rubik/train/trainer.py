@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -531,8 +532,10 @@ class Trainer:
                 self._update_best(raw, ema)
                 ema_txt = f" | ema {l1} {ema.top1:.2f}%" if ema else ""
                 train_txt = f"top-1 {train['train_top1']:.1f}% " if self.task is None else ""
+                # a detector's eval-mode forward gives boxes, not SSD's loss: no validation loss to print
+                val_loss_txt = "" if math.isnan(raw.loss) else f"loss {raw.loss:.4f} "
                 log.info(f"epoch {self.epoch + 1}/{c.epochs} train loss {train['train_loss']:.4f} "
-                         f"{train_txt}| val loss {raw.loss:.4f} {l1} {raw.top1:.2f}% "
+                         f"{train_txt}| val {val_loss_txt}{l1} {raw.top1:.2f}% "
                          f"{l5} {raw.top5:.2f}%{ema_txt} | {train['images_per_s']:.0f} img/s"
                          + (f" | {len(self.skipped)} unreadable images skipped" if self.skipped else ""))
                 if writer is not None:
