@@ -238,7 +238,8 @@ def test_named_detectors_and_specs(tmp_path):
 def test_detector_taps_forward_and_loss():
     det = build_detector({"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 96}, 2)
     info = det.backbone.body.feature_info
-    assert info.reduction() == [16, 32] and info.module_name() == ["blocks.6", "blocks.9"]
+    # SSDLite's stride-16 tap: the expansion (first Ghost module) of the first stride-32 bottleneck
+    assert info.reduction() == [16, 32] and info.module_name() == ["blocks.7.0.expand", "blocks.9"]
     det.train()
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([2])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]  # a negative image
@@ -252,11 +253,57 @@ def test_detector_taps_forward_and_loss():
 
 def test_mbconv_taps_and_torchvision_reference():
     det = build_detector("ssdlite_tinynet_d", 3)
-    assert det.backbone.body.feature_info.channels() == [64, 176]
-    assert det.backbone.body.feature_info.module_name() == ["blocks.4", "blocks.6"]
+    assert det.backbone.body.feature_info.channels() == [384, 176]  # 64 x 6: the expansion, as torchvision taps
+    assert det.backbone.body.feature_info.module_name() == ["blocks.5.0.expand", "blocks.6"]
+    stage = build_detector({"detector": "ssdlite", "backbone": "tinynet_d", "tap16": "stage"}, 3)
+    assert stage.backbone.body.feature_info.module_name() == ["blocks.4", "blocks.6"]
+    with pytest.raises(RubikError, match="tap16"):
+        get_detector_spec({"detector": "ssdlite", "backbone": "tinynet_d", "tap16": "middle"})
     ref = build_detector("ssdlite_mobilenet_v3_large", 3)
     assert type(ref.backbone).__name__ == "SSDLiteFeatureExtractorMobileNet"  # torchvision's own, as is
     assert ref.head.classification_head.num_columns == 4
+
+
+@pytest.mark.parametrize("backbone", ["ghostnet_050", "ghostnetv2_100", "tinynet_e"])
+def test_expansion_tap_is_the_blocks_own_expansion(backbone):
+    """The tapped map is what the classifier's own block computes there, and stride 32 is unchanged."""
+    torch.manual_seed(0)
+    det = build_detector({"detector": "ssdlite", "backbone": backbone, "resolution": 128}, 2).eval()
+    body = det.backbone.body
+    name = body.feature_info.module_name(0).removesuffix(".expand")
+    block = body.get_submodule(name)
+    seen = {}
+    hook = (block.ghost1 if hasattr(block, "ghost1") else block.bn1).register_forward_hook(
+        lambda m, a, out: seen.setdefault("expansion", out))
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        tapped = body(x)
+        hook.remove()
+    stage = build_detector({"detector": "ssdlite", "backbone": backbone, "resolution": 128, "tap16": "stage"}, 2)
+    stage.backbone.body.load_state_dict(body.state_dict())  # the same backbone modules under the same names
+    with torch.no_grad():
+        plain = stage.eval().backbone.body(x)
+    expansion = seen["expansion"] if hasattr(block, "ghost1") else block.act(seen["expansion"])
+    assert tapped[0].shape[1] > plain[0].shape[1]
+    torch.testing.assert_close(tapped[0], expansion)
+    torch.testing.assert_close(tapped[1], plain[1])
+
+
+def test_a_run_from_before_the_expansion_tap_still_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from rubik.detect.cli import load_detector
+    from rubik.train.run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
+
+    old = get_detector_spec({"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 96, "tap16": "stage"})
+    det = build_detector(old, 2)
+    stored = old.to_dict()
+    del stored["tap16"]  # model.json as runs wrote it before the field existed
+    (tmp_path / RUN_MODEL_FILE).write_text(json.dumps({"task": "detect", "model": stored, "num_classes": 2,
+                                                       "classes": ["a", "b"]}))
+    save_file(det.state_dict(), str(tmp_path / RUN_WEIGHTS_FILE))
+    loaded = load_detector(tmp_path)
+    assert loaded.backbone.body.feature_info.module_name() == ["blocks.6", "blocks.9"]
 
 
 def test_pretrained_backbone_weights_load_from_a_file(tmp_path):

@@ -24,6 +24,8 @@ def load_detector(weights: str | Path, model=None):
                                "directory that `rubik train --out` wrote, or a weights file with --model")
         meta = json.loads(meta_path.read_text())
         model, classes = model or meta["model"], meta.get("classes")
+        if isinstance(model, dict) and "tap16" not in model:
+            model = {**model, "tap16": "stage"}  # a run from before the expansion tap: built as it was trained
         num_classes = int(meta["num_classes"])
         path = path / RUN_WEIGHTS_FILE
         state = read_state_dict(path)

@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
+from ..models.family import FeatureInfo, FeatureNet, FeatureTap
 from ..models.registry import FAMILIES, ModelSpec, get_spec
 
 TORCHVISION_MOBILENET = "torchvision:mobilenet_v3_large"
 PREFIX = "ssdlite:"
+TAPS16 = ("expansion", "stage")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class DetectorSpec:
     detections_per_img: int = 300
     topk_candidates: int = 300
     detector: str = "ssdlite"
+    # Where the stride-16 map comes from: "expansion" of the first stride-32 block (SSDLite's and torchvision's
+    # tap), or "stage", the end of the last stride-16 stage (narrower; how runs before 2026-12-01 were built).
+    tap16: str = "expansion"
 
     @property
     def torchvision_reference(self) -> bool:
@@ -84,6 +89,8 @@ class DetectorSpec:
             raise RubikError(f"detector spec field 'resolution' must be an integer >= 32, got {res!r}")
         if "extra_channels" in data:
             data["extra_channels"] = tuple(int(c) for c in data["extra_channels"])
+        if data.get("tap16", "expansion") not in TAPS16:
+            raise RubikError(f"detector spec field 'tap16' must be one of {list(TAPS16)}, got {data['tap16']!r}")
         return cls(**data)
 
 
@@ -171,17 +178,14 @@ def get_detector_spec(model: Any, resolution: int | None = None) -> DetectorSpec
     return spec
 
 
-def detection_taps(net: nn.Module) -> list:
-    """The taps SSDLite reads: the last step of the network at stride 16 and at stride 32.
+def detection_taps(net: nn.Module) -> tuple[list, str]:
+    """The last step of the network at stride 16 and at stride 32, and the step where stride 32 begins.
 
     Not timm's `features_only` taps, which for GhostNet sit at the group that strides (80 channels at
-    stride 16, one bottleneck into stride 32) and would leave most of the network unused: here the
-    stride-16 tap is the end of the last stride-16 stage and the stride-32 tap the last feature map
-    before pooling (EfficientNet/TinyNet: the last stage; GhostNet: its 960-channel 1x1 ConvBnAct),
-    as torchvision's ssdlite320 taps MobileNetV3 at the end of stride 16 and at its last convolution.
+    stride 16, one bottleneck into stride 32) and would leave most of the network unused: the stride-32
+    tap is the last feature map before pooling (EfficientNet/TinyNet: the last stage; GhostNet: its
+    960-channel 1x1 ConvBnAct), as torchvision's ssdlite320 taps MobileNetV3 at its last convolution.
     """
-    from ..models.family import FeatureNet, FeatureTap
-
     family_taps = FAMILIES[net.spec.family].features(net)
     order = FeatureNet._order(net, family_taps)  # the model's forward as steps, as FeatureNet runs it
     last = max(order.index(t.module) for t in family_taps)
@@ -192,6 +196,7 @@ def detection_taps(net: nn.Module) -> list:
     was = net.training
     net.eval()
     found: dict[int, FeatureTap] = {}
+    first32 = ""
     with torch.no_grad():
         size = 64
         x = torch.zeros(1, 3, size, size, device=next(net.parameters()).device)
@@ -202,11 +207,59 @@ def detection_taps(net: nn.Module) -> list:
             reduction = size // x.shape[-1]
             if reduction in (16, 32):
                 found[reduction] = FeatureTap(step, int(x.shape[1]), reduction)
+            if reduction == 32 and not first32:
+                first32 = step
     net.train(was)
     if set(found) != {16, 32}:
         raise RubikError(f"backbone {net.spec.name} has no stages at both stride 16 and stride 32 (SSDLite needs "
                          "both); use a backbone with five stride-2 steps")
-    return [found[16], found[32]]
+    return [found[16], found[32]], first32
+
+
+class ExpansionTaps(FeatureNet):
+    """SSDLite's taps: the expansion of the first stride-32 block (at stride 16) and the last stride-32 map.
+
+    The expansion is the widest map at stride 16 (672 channels in GhostNet 1.0x, against 112 at the end of
+    its stride-16 stage); SSDLite (MobileNetV2 paper) and torchvision's ssdlite320 tap MobileNetV3 there.
+    The block runs as `finish(x, expand(x))`, the same arithmetic as its forward.
+    """
+
+    def __init__(self, model: nn.Module, last: FeatureTap, stage: str):
+        super().__init__(model, [last])
+        self._stage = stage
+        first = self._module(stage)[0]
+        with torch.no_grad():  # the expansion's channels: run the block's own expand on a probe
+            channels = first.expand(torch.zeros(1, first_in_channels(first), 4, 4)).shape[1]
+        self.feature_info = FeatureInfo([FeatureTap(f"{stage}.0.expand", int(channels), 16), last])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for step in self._steps:
+            module = self._module(step)
+            if step == self._stage:
+                first, *rest = module
+                expansion = first.expand(x)
+                out.append(expansion)
+                x = first.finish(x, expansion)
+                for block in rest:
+                    x = block(x)
+            else:
+                x = module(x)
+        out.append(x)
+        return out
+
+
+def first_in_channels(block: nn.Module) -> int:
+    """Input channels of a block: those of its first convolution."""
+    return next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def _expansion_stage(net: nn.Module, stage: str) -> bool:
+    """True when the stage where stride 32 begins is a sequence of blocks whose first one can be tapped."""
+    parent, _, child = stage.partition(".")
+    module = getattr(net, parent)
+    module = getattr(module, child) if child else module
+    return isinstance(module, nn.Sequential) and len(module) > 0 and hasattr(module[0], "expand")
 
 
 class SSDLiteFeatures(nn.Module):
@@ -274,10 +327,14 @@ def build_detector(model: Any, num_classes: int, *, pretrained: bool = False,
             det.transform.fixed_size = (spec.resolution, spec.resolution)
             det.transform.min_size, det.transform.max_size = (spec.resolution,), spec.resolution
     else:
-        from ..models.family import FeatureNet
-
         net = build_backbone_net(spec, pretrained, backbone_weights, drop_connect_rate)
-        body = FeatureNet(net, detection_taps(net))  # module names stay timm's: blocks.4.2.conv_pw.weight
+        taps, stage = detection_taps(net)
+        # module names stay timm's (blocks.4.2.conv_pw.weight); a backbone without tappable blocks (ResNet)
+        # keeps the stage tap
+        if spec.tap16 == "expansion" and _expansion_stage(net, stage):
+            body = ExpansionTaps(net, taps[1], stage)
+        else:
+            body = FeatureNet(net, taps)
         features = SSDLiteFeatures(body, body.feature_info.channels(), spec.extra_channels)
         anchors = _anchor_generator(len(features.out_channels))
         norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)

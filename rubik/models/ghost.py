@@ -97,13 +97,20 @@ class GhostBottleneck(Residual):
             self.shortcut = nn.Sequential(*conv_bn(in_ch, in_ch, kernel, stride, groups=in_ch),
                                           *conv_bn(in_ch, out_ch, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ghost1(x)
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """The first Ghost module's output (SSDLite taps it in the first stride-32 block)."""
+        return self.ghost1(x)
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rest of the block, from its input `x` and expansion `y`."""
         if self.conv_dw is not None:
             y = self.bn_dw(self.conv_dw(y))
         if self.se is not None:
             y = self.se(y)
         return self.ghost2(y) + self.shortcut(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(x, self.expand(x))
 
 
 class ConvBnAct(nn.Module):

@@ -89,13 +89,20 @@ class GhostBottleneckV2(Residual):
         self.ghost2 = GhostModule(mid_ch, out_ch, relu=False)
         self.shortcut = shortcut(in_ch, out_ch, kernel, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ghost1(x)
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """The first Ghost module's output (SSDLite taps it in the first stride-32 block)."""
+        return self.ghost1(x)
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rest of the block, from its input `x` and expansion `y`."""
         if self.conv_dw is not None:
             y = self.bn_dw(self.conv_dw(y))
         if self.se is not None:
             y = self.se(y)
         return self.ghost2(y) + self.shortcut(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(x, self.expand(x))
 
 
 def shortcut(in_ch: int, out_ch: int, kernel: int, stride: int) -> nn.Module:

@@ -137,8 +137,15 @@ class GhostBottleneckV3(Residual):
         self.ghost2 = GhostModuleV3(mid_ch, out_ch, relu=False)
         self.shortcut = shortcut(in_ch, out_ch, kernel, stride)
 
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """The first Ghost module's output (SSDLite taps it in the first stride-32 block)."""
+        return self.ghost1(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ghost1(x)
+        return self.finish(x, self.expand(x))
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rest of the block, from its input `x` and expansion `y`."""
         if self.conv_dw is not None:
             y = self.conv_dw(y)
         elif self.stride > 1:

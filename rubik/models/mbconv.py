@@ -162,11 +162,18 @@ class InvertedResidual(Residual):
         self.conv_pwl, self.bn3 = conv_bn(mid, out_ch, 1)
         self.drop_path = drop_connect(drop_rate) if self.has_skip else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.bn1(self.conv_pw(x)))
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """The expansion's output (SSDLite taps it in the first stride-32 block)."""
+        return self.act(self.bn1(self.conv_pw(x)))
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The rest of the block, from its input `x` and expansion `y`."""
         y = self.se(self.act(self.bn2(self.conv_dw(y))))
         y = self.bn3(self.conv_pwl(y))
         return x + self.drop_path(y) if self.has_skip else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(x, self.expand(x))
 
 
 class MBConvNet(nn.Module):
