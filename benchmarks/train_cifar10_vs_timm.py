@@ -8,7 +8,9 @@ augmentation, NaN check, EMA via AveragedModel) twice: `rubik` on the file path 
 worker processes, as timm) and `rubik-mem` on the in-memory path (`--data-path memory`: decoded once
 into a uint8 cache, crops and flips on whole batches in the training process, no workers); timm runs
 the loop of its train.py with `timm.data.create_loader`, `timm.optim.create_optimizer_v2` and
-`timm.utils.ModelEmaV3`.
+`timm.utils.ModelEmaV3`. A fourth side, `compute`, runs rubik's same training step on one batch held
+in memory, fed again and again: no decoding, no augmentation, no loading. No data path can be faster,
+so its ratio to timm is the most any data path can gain on the machine that runs it.
 
 Rounds alternate between the sides so that load from other processes hits them alike; the
 table gives the median images/s of each side and its ratio to timm. Run from the repository root:
@@ -22,6 +24,7 @@ The data is ../shared/datasets/cifar10-jpg.tar.gz, extracted to /tmp/cifar10 on 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -69,6 +72,19 @@ class RubikSide:
         t.epoch += 1
         t.batch_in_epoch = 0
         return result["images_per_s"]
+
+
+class ComputeSide(RubikSide):
+    """rubik's same training step fed one batch over and over: no data cost at all, the ceiling of any data path."""
+
+    def __init__(self, a: argparse.Namespace, data: Path):
+        super().__init__(a, data, "memory")
+        images, targets, _ = next(iter(self.trainer.train_loader))
+        self.batch = (images, targets, [])
+
+    def round(self, steps: int) -> float:
+        self.trainer.train_loader = itertools.repeat(self.batch, steps)
+        return super().round(steps)
 
 
 class TimmSide:
@@ -130,10 +146,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per side, after one warm-up round each")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
-    p.add_argument("--only", nargs="+", choices=["rubik", "rubik-mem", "timm"], help="run only these sides")
+    p.add_argument("--only", nargs="+", choices=["rubik", "rubik-mem", "timm", "compute"], help="run only these sides")
     a = p.parse_args()
     data = cifar10(a.data)
-    sides = {"rubik": RubikSide(a, data), "rubik-mem": RubikSide(a, data, "memory"), "timm": TimmSide(a, data)}
+    sides = {"rubik": RubikSide(a, data), "rubik-mem": RubikSide(a, data, "memory"), "timm": TimmSide(a, data),
+             "compute": ComputeSide(a, data)}
     if a.only:
         sides = {k: v for k, v in sides.items() if k in a.only}
     for name, side in sides.items():

@@ -170,3 +170,27 @@ def test_cli_twist_writes_spec_and_plot(tmp_path, capsys):
     assert abs(data["twist"]["macs"] / 35e6 - 1) <= 0.01 and model.spec.name == data["model"]["name"]
     assert main(["twist", "--flops", "1M"]) == 2
     assert "feasible" in capsys.readouterr().err
+
+
+def test_reference_formula_drawn_beside_a_fitted_one():
+    """search plot's Fig. 3 draws the paper's formula beside the study's: its curves follow the paper's GP."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rubik.cube.plot import draw_reference
+
+    paper = TinyFormula.load()
+    fig, axes = plt.subplots(1, 3)
+    draw_reference(axes, paper, c_lo=0.05)
+    for ax, dim in zip(axes, ("r", "d", "w"), strict=True):
+        (line,) = [ln for ln in ax.get_lines() if paper.path in ln.get_label()]
+        cs, values = line.get_xdata(), line.get_ydata()
+        assert cs[0] == pytest.approx(0.05) and cs[-1] == pytest.approx(1.0)
+        p = paper.predict(0.25)
+        expected = {"r": p.r, "d": p.d, "w": math.sqrt(0.25 / (p.r ** 2 * p.d))}[dim]
+        assert np.interp(0.25, cs, values) == pytest.approx(expected, rel=0.02)
+        (data,) = ax.collections  # the paper's TinyNets, not its unfitted base
+        assert len(data.get_offsets()) == len(paper.fitted)
+    plt.close(fig)

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .formula import TinyFormula
 from .twist import Twister, TwistResult
 
 
-def plot_curves(twister: Twister, path: str | Path, result: TwistResult | None = None, points: int = 24) -> Path:
+def plot_curves(twister: Twister, path: str | Path, result: TwistResult | None = None, points: int = 24,
+                reference: TinyFormula | None = None) -> Path:
+    """The formula's r(c), d(c), w(c); `reference` (e.g. the paper's TinyNets) is drawn beside it for comparison.
+
+    Multipliers are relative to each formula's own base, so a study at 32 px compares with the paper's 224 px.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +40,8 @@ def plot_curves(twister: Twister, path: str | Path, result: TwistResult | None =
     axes[2].plot(solved_c, [s.spec.width / twister.base.width for s in solved], ".-", color="C2",
                  label="solved on the built model")
     axes[2].set_ylabel(f"width w (x {twister.base.name})")
+    if reference is not None:
+        draw_reference(axes, reference, c_lo)
     for ax, dim in zip(axes, ("r", "d", "w"), strict=True):
         fitted = [p for p in formula.points if p.fit]
         ref = [p for p in formula.points if not p.fit]
@@ -59,3 +67,15 @@ def plot_curves(twister: Twister, path: str | Path, result: TwistResult | None =
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def draw_reference(axes, reference: TinyFormula, c_lo: float) -> None:
+    """Another formula's r(c), d(c) and implied w(c) (dotted, with its data) on the three axes."""
+    cs = np.geomspace(min(c_lo, reference.c_range[0]), 1.0, 200)
+    preds = reference.predict(cs)
+    for ax, dim in zip(axes, ("r", "d", "w"), strict=True):
+        curve = [np.sqrt(p.c / (p.r ** 2 * p.d)) if dim == "w" else getattr(p, dim) for p in preds]
+        ax.plot(cs, curve, ":", color="C1", label=f"GP mean of {reference.path}")
+        data = reference.fitted
+        ax.scatter([p.c for p in data], [getattr(p, dim) for p in data], marker="s", color="C1", zorder=3,
+                   label=f"data of {reference.path}")

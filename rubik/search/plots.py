@@ -3,7 +3,8 @@
 fig2_c{c}.png   top-1 against r, d and w at one budget (one file per budget)
 fig1_front.png  top-1 against MACs for every trial, the Pareto front, and the tiny-formula and
                 inverse-giant reference models where the study trained them (--references)
-fig3_curves.png r(c), d(c), w(c) of a fitted formula (rubik.cube.plot.plot_curves)
+fig3_curves.png r(c), d(c), w(c) of a fitted formula (rubik.cube.plot.plot_curves), beside the
+                paper's formula the base's family twists with (TinyNets for EfficientNet-B0)
 """
 
 from __future__ import annotations
@@ -89,8 +90,12 @@ def plot_study(study, out: str | Path, formula: str | None = None) -> list[Path]
     written.append(plot_front(table, out / "fig1_front.png",
                               f"{study.study_name}: {base.name} at {base.resolution} px, {settings.epochs} epochs"))
     if formula:
+        from ..cube.formula import TinyFormula
         from ..cube.plot import plot_curves
         from ..cube.twist import Twister
+        from ..models.registry import FAMILIES
 
-        written.append(plot_curves(Twister(base, "tiny", formula), out / "fig3_curves.png"))
+        # beside the paper's (TinyNets for an MBConv base): does the study's front bend the same way?
+        paper = TinyFormula.builtin(FAMILIES[base.family].formula)
+        written.append(plot_curves(Twister(base, "tiny", formula), out / "fig3_curves.png", reference=paper))
     return written
