@@ -206,15 +206,16 @@ def cifar_root(work: Path) -> Path:
 def train_cifar(work: Path, arch: str, epochs: int) -> Path:
     """`rubik train` on CIFAR-10 at 32 px with the `small` recipe (cached under --work)."""
     from rubik.train import build_config, train
+    from rubik.train.run_dir import epochs_done
 
     run = work / f"cifar-{arch}-32px-e{epochs}-crop08"
-    if (run / "best.safetensors").is_file():
+    if epochs_done(run) >= epochs:
         return run
     root = cifar_root(work)
     print(f"training {arch} at 32 px on CIFAR-10 (50,000 images), {epochs} epochs, with rubik train", flush=True)
     c = build_config(cli_values={"model": arch, "data": str(root), "resolution": 32, "epochs": epochs,
                                  "batch_size": 128, "num_workers": 2, "crop_scale": [0.8, 1.0], "log_every": 0})
-    train(c, run, progress=False)
+    train(c, run, resume=True, progress=False)  # a stopped run continues from its last checkpoint
     return run
 
 

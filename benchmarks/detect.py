@@ -99,6 +99,7 @@ def make_dataset(root: Path, canvas: int, n_train: int, n_val: int, seed: int = 
 def train_one(model: str, data: Path, out: Path, args) -> dict:
     from rubik.detect.task import DetectionTask, data_defaults
     from rubik.train.recipes import build_config
+    from rubik.train.run_dir import epochs_done
     from rubik.train.trainer import train
 
     cli = {"model": model, "data": str(data), "epochs": args.epochs, "batch_size": args.batch_size,
@@ -107,11 +108,11 @@ def train_one(model: str, data: Path, out: Path, args) -> dict:
     if args.steps:
         cli["steps_per_epoch"] = args.steps
     config = build_config(data_defaults=data_defaults(str(data)), yaml_values={}, cli_values=cli)
-    if (out / "best.json").is_file() and (out / "metrics.csv").is_file():
+    if epochs_done(out) >= args.epochs:
         print(f"{model}: reusing the finished run {out}", flush=True)
     else:
-        t = time.perf_counter()
-        train(config, out, task=DetectionTask(config), progress=False)
+        t = time.perf_counter()  # a stopped run continues from its last checkpoint
+        train(config, out, resume=True, task=DetectionTask(config), progress=False)
         print(f"{model}: trained in {time.perf_counter() - t:.0f} s", flush=True)
     return json.loads((out / "best.json").read_text())
 

@@ -309,7 +309,7 @@ def test_kill_mid_study_and_rerun_finishes_without_redoing(tmp_path):
 def test_fit_writes_a_formula_twist_accepts_and_plots(tmp_path):
     from rubik.cube.formula import TinyFormula
     from rubik.cube.twist import Twister
-    from rubik.search.front import fit_formula, rows, save_formula
+    from rubik.search.front import beside_paper, fit_formula, rows, save_formula
     from rubik.search.plots import plot_study
 
     storage = open_storage(sqlite(tmp_path), heartbeat=1)
@@ -333,6 +333,13 @@ def test_fit_writes_a_formula_twist_accepts_and_plots(tmp_path):
         assert p.top1 == pytest.approx(best["top1"], abs=1e-3) and p.r == pytest.approx(best["r"], abs=1e-3)
     result = Twister("efficientnet_b0", "tiny", loaded).to_ratio(0.4)
     assert abs(result.error) <= 0.01
+    paper_path, beside = beside_paper(loaded, settings)  # `search fit` prints each point beside the paper's
+    paper = TinyFormula.load()
+    assert paper_path == paper.path and [row["c"] for row in beside] == [p.c for p in loaded.fitted]
+    for row, p in zip(beside, loaded.fitted, strict=True):
+        ref = paper.predict(p.c)
+        assert (row["r"], row["d"]) == (p.r, p.d) and (row["r_paper"], row["d_paper"]) == (ref.r, ref.d)
+        assert row["w_paper"] ** 2 * ref.r ** 2 * ref.d == pytest.approx(p.c)
 
     cli = subprocess.run([sys.executable, "-m", "rubik.cli", "twist", "--ratio", "0.4", "--formula", str(path),
                           "--no-latency", "--json"], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -350,14 +350,17 @@ def test_rmsprop_tf_puts_eps_inside_the_root_and_starts_the_average_at_one():
 
 def test_resume_with_more_epochs_follows_the_longer_schedule(tmp_path):
     from rubik.train.recipes import apply
+    from rubik.train.run_dir import epochs_done
 
     data = make_image_folder(tmp_path / "data")
     run = tmp_path / "run"
     c = build_config(cli_values=quick(data=str(data), epochs=1, min_lr=0.0, ema_decay=0.0))
     train(c, run)
+    # A run stopped short of its epochs already has its deploy weights; epochs_done tells it from a finished one.
+    assert (run / "best.safetensors").is_file() and epochs_done(run) == 1 and epochs_done(tmp_path / "none") == 0
     train(apply(c, {"epochs": 3}, "test"), run, resume=True)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and epochs_done(run) == 3
     lr = c.lr * c.batch_size / c.lr_base_batch
     # Cosine over 3 epochs, read at the end of epoch 2: (1 + cos(2 pi / 3)) / 2 = 1/4 of the peak.
     assert float(rows[1]["lr"]) == pytest.approx(lr / 4, rel=1e-4)

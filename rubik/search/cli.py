@@ -57,8 +57,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from ..cube.formula import TinyFormula
-    from .front import fit_formula, save_formula
-    from .study import load_study
+    from .front import beside_paper, fit_formula, save_formula
+    from .study import load_study, settings_of
 
     storage = _storage(args)
     study = load_study(args.study, storage)
@@ -76,6 +76,11 @@ def cmd_fit(args: argparse.Namespace) -> None:
     for c in (min(p.c for p in check.fitted), max(p.c for p in check.fitted)):
         pred = check.predict(c)
         print(f"  GP at c={c:g}: r {pred.r:.3f} ± {2 * pred.r_std:.3f}, d {pred.d:.3f} ± {2 * pred.d_std:.3f}")
+    paper, table = beside_paper(check, settings_of(study))
+    print(f"fitted points beside the paper's formula ({paper}) at the same c, each relative to its own base:")
+    for row in table:
+        print(f"  c={row['c']:<8g} r {row['r']:.3f} (paper {row['r_paper']:.3f})  d {row['d']:.3f} "
+              f"(paper {row['d_paper']:.3f})  w {row['w']:.3f} (paper {row['w_paper']:.3f})")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

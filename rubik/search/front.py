@@ -156,6 +156,21 @@ def fit_formula(study, include_dominated: bool = False, storage_url: str = ""):
     return formula, provenance
 
 
+def beside_paper(formula, settings) -> tuple[str, list[dict[str, float]]]:
+    """Each fitted point next to what the paper's formula (the one the base's family twists with) gives at
+    its c. Both sets of multipliers are relative to their own base, so a study at 32 px compares with 224 px."""
+    from ..cube.formula import TinyFormula, closed_form_width
+    from ..models.registry import FAMILIES
+
+    paper = TinyFormula.builtin(FAMILIES[base_spec(settings).family].formula)
+    table = []
+    for p in formula.fitted:
+        ref = paper.predict(p.c)
+        table.append({"c": p.c, "r": p.r, "r_paper": ref.r, "d": p.d, "d_paper": ref.d, "w": p.w,
+                      "w_paper": closed_form_width(p.c, ref.r, ref.d)})
+    return paper.path, table
+
+
 def save_formula(formula, provenance: dict[str, Any], path) -> None:
     """The formula file: TinyFormula's fields plus the study's provenance (which TinyFormula.load ignores)."""
     import json

@@ -21,7 +21,7 @@ def _pyplot():
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     """Loss, top-1 (raw and EMA weights) and learning rate per epoch, as one PNG."""
-    from .trainer import METRICS_FILE
+    from .run_dir import RUN_METRICS_FILE as METRICS_FILE
 
     path = run_dir / METRICS_FILE
     if not path.is_file():

@@ -16,6 +16,16 @@ from ..models.weights import WeightsError, load_weights, read_state_dict
 
 RUN_MODEL_FILE = "model.json"  # {"model": spec, "num_classes": N, "classes": [...], "holdout": [fraction, seed]}
 RUN_WEIGHTS_FILE = "best.safetensors"  # the weights to deploy
+RUN_METRICS_FILE = "metrics.csv"  # a row per finished epoch
+
+
+def epochs_done(run_dir: str | Path) -> int:
+    """Epochs a run has finished (rows of its metrics.csv; 0 without one). `best.safetensors` exists from the
+    first epoch on, so it does not tell a finished run from one that was stopped."""
+    path = Path(run_dir) / RUN_METRICS_FILE
+    if not path.is_file():
+        return 0
+    return max(0, sum(1 for line in path.read_text().splitlines() if line.strip()) - 1)
 
 
 def load_trained(weights: str | Path, model: str | dict | Path | ModelSpec | None = None) -> nn.Module:

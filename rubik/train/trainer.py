@@ -48,10 +48,9 @@ from .evaluate import EvalResult, evaluate
 from .memory_data import choose_data_path, memory_loaders
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .recipes import TrainConfig
-from .run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
+from .run_dir import RUN_METRICS_FILE, RUN_MODEL_FILE, RUN_WEIGHTS_FILE
 
 CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.csv"
 LOG_FILE = "train.log"
 BEST_INFO_FILE = "best.json"
 CLASSIFIER_PREFIXES = ("classifier.", "fc.")
@@ -368,7 +367,7 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=list(self.history[0]))
         writer.writeheader()
         writer.writerows(self.history)
-        atomic_write_text(self.run_dir / METRICS_FILE, buf.getvalue())
+        atomic_write_text(self.run_dir / RUN_METRICS_FILE, buf.getvalue())
 
     def _update_best(self, raw: EvalResult, ema: EvalResult | None) -> None:
         which, result, module = "raw", raw, self.net
