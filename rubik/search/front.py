@@ -156,13 +156,20 @@ def fit_formula(study, include_dominated: bool = False, storage_url: str = ""):
     return formula, provenance
 
 
-def beside_paper(formula, settings) -> tuple[str, list[dict[str, float]]]:
-    """Each fitted point next to what the paper's formula (the one the base's family twists with) gives at
-    its c. Both sets of multipliers are relative to their own base, so a study at 32 px compares with 224 px."""
-    from ..cube.formula import TinyFormula, closed_form_width
+def paper_formula(settings):
+    """The built-in formula the study base's family twists with (the TinyNet paper's for EfficientNet-B0)."""
+    from ..cube.formula import TinyFormula
     from ..models.registry import FAMILIES
 
-    paper = TinyFormula.builtin(FAMILIES[base_spec(settings).family].formula)
+    return TinyFormula.builtin(FAMILIES[base_spec(settings).family].formula)
+
+
+def beside_paper(formula, settings) -> tuple[str, list[dict[str, float]]]:
+    """Each fitted point next to what the paper's formula gives at its c. Both sets of multipliers are
+    relative to their own base, so a study at 32 px compares with the paper's 224 px."""
+    from ..cube.formula import closed_form_width
+
+    paper = paper_formula(settings)
     table = []
     for p in formula.fitted:
         ref = paper.predict(p.c)

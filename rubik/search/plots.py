@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .front import rows
+from .front import paper_formula, rows
 from .study import base_spec, settings_of
 
 MARKERS = {"sobol": ("o", "C0", "sampled"), "tiny": ("*", "C3", "tiny formula"), "giant": ("^", "C2", "inverse giant")}
@@ -90,12 +90,10 @@ def plot_study(study, out: str | Path, formula: str | None = None) -> list[Path]
     written.append(plot_front(table, out / "fig1_front.png",
                               f"{study.study_name}: {base.name} at {base.resolution} px, {settings.epochs} epochs"))
     if formula:
-        from ..cube.formula import TinyFormula
         from ..cube.plot import plot_curves
         from ..cube.twist import Twister
-        from ..models.registry import FAMILIES
 
-        # beside the paper's (TinyNets for an MBConv base): does the study's front bend the same way?
-        paper = TinyFormula.builtin(FAMILIES[base.family].formula)
-        written.append(plot_curves(Twister(base, "tiny", formula), out / "fig3_curves.png", reference=paper))
+        # beside the paper's formula: does the study's front bend the same way?
+        written.append(plot_curves(Twister(base, "tiny", formula), out / "fig3_curves.png",
+                                   reference=paper_formula(settings)))
     return written
