@@ -350,3 +350,21 @@ def test_fit_writes_a_formula_twist_accepts_and_plots(tmp_path):
     names = sorted(p.name for p in pngs)
     assert names == ["fig1_front.png", "fig2_c0.25.png", "fig2_c0.4.png", "fig2_c0.6.png", "fig3_curves.png"]
     assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_fit_with_dominated_budgets_says_what_helps(tmp_path):
+    """Three budgets whose bests tie: the smallest dominates the others, and the error says to add trials or
+    pass --include-dominated (not to run more budgets, which the study already has)."""
+    from rubik.search.front import fit_formula
+
+    storage = open_storage(sqlite(tmp_path), heartbeat=1)
+    settings = SearchSettings(budgets=[0.6, 0.4, 0.25], **SMALL)
+    study = create_or_join("ties", settings, 3, storage)
+    run_worker(study, settings, "digits", tmp_path / "runs", log=lambda _: None,
+               train_fn=lambda config, run_dir, progress=False: {"best": {"top1": 50.0, "top5": 99.0}})
+    with pytest.raises(RubikError, match="giving 1 point") as e:
+        fit_formula(study)
+    assert "add trials" in str(e.value) and "--include-dominated" in str(e.value)
+    assert "3 or more budgets" not in str(e.value)
+    formula, _ = fit_formula(study, include_dominated=True)
+    assert len(formula.fitted) == 3

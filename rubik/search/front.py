@@ -142,7 +142,8 @@ def fit_formula(study, include_dominated: bool = False, storage_url: str = ""):
         dominated = len(best) - (fitted if include_dominated else sum(t.number in front for t in best.values()))
         raise RubikError(f"study {study.study_name!r} has {len(complete)} completed trials over {len(best)} budget(s), "
                          f"giving {fitted} point(s) to fit ({dominated} budget best(s) dominated); the GP needs 3: "
-                         "run a study with 3 or more budgets (--budget 0.5 0.25 0.125)"
+                         + ("run a study with 3 or more budgets (--budget 0.5 0.25 0.125)" if len(best) < 3
+                            else "add trials (a budget's best counts when no other budget's trial beats it)")
                          + ("" if include_dominated else " or pass --include-dominated"))
     base = base_spec(settings)
     source = (f"rubik search study {study.study_name!r}: base {settings.base} at {base.resolution} px, data "
