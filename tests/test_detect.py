@@ -318,3 +318,16 @@ def test_pretrained_backbone_weights_load_from_a_file(tmp_path):
     det = build_detector("ssdlite_ghostnet_050", 2, backbone_weights=tmp_path / "in1k.safetensors")
     assert torch.equal(det.backbone.body.blocks[6][0].ghost1.primary_conv[0].weight,
                        src.blocks[6][0].ghost1.primary_conv[0].weight)
+
+
+@pytest.mark.parametrize("name", ["ssdlite_ghostnet_050", "ssdlite_tinynet_e"])
+def test_from_scratch_backbone_gets_torchvisions_ssdlite_init(name):
+    """As ssdlite320_mobilenet_v3_large without backbone weights: every backbone convolution N(0, 0.03)."""
+    torch.manual_seed(0)
+    det = build_detector(name, 2)
+    convs = [m for m in det.backbone.body.modules() if isinstance(m, torch.nn.Conv2d)]
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    assert weights.std().item() == pytest.approx(0.03, rel=0.05) and abs(weights.mean().item()) < 1e-3
+    assert all(c.bias is None or not c.bias.any() for c in convs)
+    depthwise = next(c for c in convs if c.groups > 1 and c.kernel_size == (3, 3))
+    assert depthwise.weight.std().item() < 0.06  # the classification init gives a 3x3 depthwise kernel std 0.47
