@@ -56,10 +56,11 @@ def test_short_training_run_learns(trained):
     rows = _metrics(trained)
     assert len(rows) == 8 and "val_map" in rows[0] and "val_map50" in rows[0]
     first, last = rows[0], rows[-1]
-    # Held-out images. After one epoch the detector is at chance (mAP@.5 0.28 %); after eight (160 steps) it
-    # reached mAP 3.75 % and mAP@.5 12.15 % in the run these settings were chosen from (2026-11-30). SSD from
-    # scratch starts slowly: the numbers climb steeply over the last epochs.
-    assert float(last["val_map50"]) > 6 and float(last["val_map"]) > 1.5
+    # Held-out images. After one epoch the detector is at chance (mAP@.5 0.5 %); after eight (160 steps) it
+    # reached mAP 41.4 % and mAP@.5 80.7 % (2026-12-01). With the classification init that torchvision's
+    # SSDLite init replaced for backbones trained from scratch it reached only 3.75 % / 12.15 %, so these
+    # bounds fail if that init comes back.
+    assert float(last["val_map50"]) > 40 and float(last["val_map"]) > 15
     assert float(last["val_map50"]) > 10 * max(0.1, float(first["val_map50"]))
     assert float(last["train_loss"]) < 0.6 * float(first["train_loss"])
     log = (trained / "train.log").read_text()
