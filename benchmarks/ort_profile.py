@@ -5,7 +5,8 @@ graph ORT actually executes after its optimisations (fused ops such as QuickGelu
 table gives ms per run for the operator types that take the most time. Use it on the files
 `benchmarks/deploy.py` and `rubik export` write, e.g.:
 
-    .venv/bin/python benchmarks/ort_profile.py /tmp/rubik-bench-deploy/tinynet_a.onnx /tmp/rubik-bench-deploy/tinynet_a.int8.onnx
+    W=/tmp/rubik-bench-deploy   # benchmarks/deploy.py's files
+    .venv/bin/python benchmarks/ort_profile.py $W/tinynet_a.onnx $W/tinynet_a.int8.onnx
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def main() -> None:
     a = p.parse_args()
     for path in a.files:
         if not path.is_file():
-            raise SystemExit(f"{path} does not exist: pass ONNX files (`rubik export` or benchmarks/deploy.py write them)")
+            raise SystemExit(f"{path} does not exist: pass ONNX files (`rubik export` or benchmarks/deploy.py "
+                             "write them)")
         total, ms, count = profile(path, a.runs)
         print(f"\n{path.name}: {total:.2f} ms per run in kernels (batch 1, 1 thread, {a.runs} runs)")
-        print(f"| operator | ms per run | share | nodes |\n|---|---|---|---|")
+        print("| operator | ms per run | share | nodes |\n|---|---|---|---|")
         for kind, t in sorted(ms.items(), key=lambda kv: -kv[1])[:a.top]:
             print(f"| {kind} | {t:.3f} | {t / total:.0%} | {count[kind]} |")
 
