@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .formula import TinyFormula
+from .formula import TinyFormula, closed_form_width
 from .twist import Twister, TwistResult
 
 
@@ -35,7 +35,7 @@ def plot_curves(twister: Twister, path: str | Path, result: TwistResult | None =
         ax.fill_between(cs, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.2, label="GP mean ± 2σ")
         ax.plot(cs, mean, color="C0", label="GP mean")
         ax.set_ylabel(f"{label} (x {twister.base.name})")
-    w_closed = [np.sqrt(p.c / (p.r ** 2 * p.d)) for p in preds]
+    w_closed = [closed_form_width(p.c, p.r, p.d) for p in preds]
     axes[2].plot(cs, w_closed, "--", color="C0", label="sqrt(c / r²d), no rounding")
     axes[2].plot(solved_c, [s.spec.width / twister.base.width for s in solved], ".-", color="C2",
                  label="solved on the built model")
@@ -74,7 +74,7 @@ def draw_reference(axes, reference: TinyFormula, c_lo: float) -> None:
     cs = np.geomspace(min(c_lo, reference.c_range[0]), 1.0, 200)
     preds = reference.predict(cs)
     for ax, dim in zip(axes, ("r", "d", "w"), strict=True):
-        curve = [np.sqrt(p.c / (p.r ** 2 * p.d)) if dim == "w" else getattr(p, dim) for p in preds]
+        curve = [closed_form_width(p.c, p.r, p.d) if dim == "w" else getattr(p, dim) for p in preds]
         ax.plot(cs, curve, ":", color="C1", label=f"GP mean of {reference.path}")
         data = reference.fitted
         ax.scatter([p.c for p in data], [getattr(p, dim) for p in data], marker="s", color="C1", zorder=3,
