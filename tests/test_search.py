@@ -269,7 +269,8 @@ def test_kill_mid_study_and_rerun_finishes_without_redoing(tmp_path):
             if storage is None:
                 if not (tmp_path / "studies.db").exists():
                     continue
-                storage = optuna.storages.RDBStorage(url)
+                # The search may be creating the schema right now: open it as rubik does, retrying that race.
+                storage = open_storage(url)
             if "digits6" not in optuna.study.get_all_study_names(storage):
                 continue
             study = optuna.load_study(study_name="digits6", storage=storage)
