@@ -120,7 +120,7 @@ def train_one(model: str, data: Path, out: Path, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/detect-bench")
-    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--models", nargs="+", default=MODELS, help="detector names or JSON detector spec files")
     p.add_argument("--canvas", type=int, default=256, help="canvas side of the generated images (px)")
     p.add_argument("--train-images", type=int, default=6000)
     p.add_argument("--val-images", type=int, default=1000)
@@ -156,13 +156,15 @@ def main() -> None:
     calib = [np.asarray(calib_set.load_image(i)) for i in range(min(args.calib_n, len(calib_set)))]
     rows, runners = [], {}
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    for model in args.models:
-        best = train_one(model, data, out / model, args)
+    for spec in args.models:
+        model = Path(spec).stem if spec.endswith(".json") else spec  # a spec file's runs are named by its file
+        best = train_one(spec, data, out / model, args)
         det = load_detector(out / model)
         macs, params = detector_macs_params(det)
-        fp32 = export_detector(det, out / f"{model}.fp32.onnx")
+        fp32 = export_detector(det, out / f"{model}.fp32.onnx")  # a GhostNet split for float (as rubik export)
+        source = export_detector(det, out / f"{model}.int8-source.onnx", split="int8")  # what --int8 quantizes
         int8 = out / f"{model}.int8.onnx"
-        quantize_detector(fp32, calib, int8, calib_n=len(calib))
+        quantize_detector(source, calib, int8, calib_n=len(calib))
         x = np.random.default_rng(0).random((1, 3, args.resolution, args.resolution), dtype=np.float32)
         for tag, path in (("fp32", fp32), ("int8", int8)):
             session = Detector(path, threads=1).session

@@ -331,3 +331,64 @@ def test_from_scratch_backbone_gets_torchvisions_ssdlite_init(name):
     assert all(c.bias is None or not c.bias.any() for c in convs)
     depthwise = next(c for c in convs if c.groups > 1 and c.kernel_size == (3, 3))
     assert depthwise.weight.std().item() < 0.06  # the classification init gives a 3x3 depthwise kernel std 0.47
+
+
+def _trained_like(det: torch.nn.Module) -> torch.nn.Module:
+    """Running statistics and affine terms a trained model would have: BatchNorm folding must carry them."""
+    g = torch.Generator().manual_seed(1)
+    for m in det.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t, lo, hi in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0), (m.weight, 0.5, 1.5),
+                              (m.bias, -0.2, 0.2)):
+                t.data.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    return det.eval()
+
+
+def test_ghostnet_detector_exports_split_with_the_same_outputs(tmp_path):
+    """The split body (no Ghost Concats before stride 32) computes the detector's raw outputs, in PyTorch
+    and in the ONNX file; other backbones, torchvision's MobileNetV3 included, export unsplit."""
+    import onnx
+
+    from rubik.detect.export import DetectorCore, export_detector
+
+    torch.manual_seed(0)
+    det = _trained_like(build_detector({"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 96}, 2))
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        ref = DetectorCore(det)(x)
+        cores = {split: DetectorCore(det, split) for split in ("fp32", "int8")}
+        for core in cores.values():
+            for want, got in zip(ref, core(x), strict=True):
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # fp32 splits every bottleneck before stride 32 (11 in GhostNet); int8 through the first at stride 16
+    assert [len(c.split.prefix.split_blocks) for c in cores.values()] == [11, 7]
+    for name in ("ssdlite_tinynet_e", "ssdlite_mobilenet_v3_large"):
+        assert DetectorCore(build_detector(name, 2), "fp32").split is None
+
+    def concats(split):
+        path = export_detector(det, tmp_path / f"{split}.onnx", split=split)
+        return sum(n.op_type == "Concat" for n in onnx.load(str(path)).graph.node)
+
+    assert concats("fp32") < concats(None) - 15  # one Concat per Ghost module before stride 32 is gone
+
+
+def test_backbone_norm_ssdlite_sets_torchvisions_batchnorm_and_old_runs_keep_theirs(tmp_path):
+    from safetensors.torch import save_file
+
+    from rubik.detect.cli import load_detector
+    from rubik.train.run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
+
+    def backbone_bns(det):
+        return [m for m in det.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    spec = {"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 96}
+    assert all((m.eps, m.momentum) == (1e-5, 0.1) for m in backbone_bns(build_detector(spec, 2)))
+    det = build_detector({**spec, "backbone_norm": "ssdlite"}, 2)
+    assert all((m.eps, m.momentum) == (0.001, 0.03) for m in backbone_bns(det))
+    with pytest.raises(RubikError, match="backbone_norm"):
+        get_detector_spec({**spec, "backbone_norm": "torchvision"})
+    stored = get_detector_spec(spec).to_dict()
+    del stored["backbone_norm"]  # model.json as runs wrote it before the field existed
+    (tmp_path / RUN_MODEL_FILE).write_text(json.dumps({"task": "detect", "model": stored, "num_classes": 2}))
+    save_file(build_detector(spec, 2).state_dict(), str(tmp_path / RUN_WEIGHTS_FILE))
+    assert all(m.eps == 1e-5 for m in backbone_bns(load_detector(tmp_path)))

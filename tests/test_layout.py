@@ -29,7 +29,7 @@ def test_split_computes_the_same_logits(ghost, block, blocks):
         ref, got = ghost(x), split(x)
     assert ref.abs().max() > 0.1  # a dead network would match anything
     torch.testing.assert_close(got, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)
-    parts = [p for b in split.split_blocks for p in b.parts]
+    parts = [p for b in split.prefix.split_blocks for p in b.parts]
     assert all(p.width % block == 0 and len(p.channels) <= p.width for p in parts)
 
 

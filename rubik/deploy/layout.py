@@ -180,6 +180,38 @@ class SplitGhostBottleneck(nn.Module):
         return [a + b for a, b in zip(y, skip, strict=True)]
 
 
+def join(parts: list[torch.Tensor], layout: Parts) -> torch.Tensor:
+    """The logical map of a split one: each part's real channels, concatenated once."""
+    return torch.cat([t[:, : len(p.channels)] for t, p in zip(parts, layout, strict=True)], 1)
+
+
+class SplitGhostPrefix(nn.Module):
+    """A GhostNet's stem and first bottlenecks, split; `split(x)` gives the parts, `forward(x)` joins them."""
+
+    def __init__(self, conv_stem: nn.Conv2d, bn: nn.Module, bottlenecks: list[GhostBottleneck], block: int = 16):
+        super().__init__()
+        stem_n = conv_stem.out_channels
+        first = math.ceil(stem_n / 2)  # the stem writes the split its first block's shortcut adds to
+        parts: Parts = (_part(range(first), block), _part(range(first, stem_n), block))
+        self.stem = SplitConv(conv_stem, bn, (Part(tuple(range(conv_stem.in_channels)), conv_stem.in_channels),),
+                              parts)
+        split = []
+        for b in bottlenecks:
+            split.append(SplitGhostBottleneck(b, parts, block))
+            parts = split[-1].parts
+        self.split_blocks = nn.ModuleList(split)
+        self.parts = parts
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        parts = _relu(self.stem([x]), True)
+        for b in self.split_blocks:
+            parts = b(parts)
+        return parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return join(self.split(x), self.parts)
+
+
 class SplitGhostNet(nn.Module):
     """GhostNet that keeps each Ghost module's halves apart (see the module docstring); inference only."""
 
@@ -188,37 +220,25 @@ class SplitGhostNet(nn.Module):
         model = copy.deepcopy(model).eval()
         self.spec = getattr(model, "spec", None)
         self.classes = getattr(model, "classes", None)
-        stem_n = model.conv_stem.out_channels
-        first = math.ceil(stem_n / 2)  # the stem writes the split its first block's shortcut adds to
-        parts: Parts = (_part(range(first), block), _part(range(first, stem_n), block))
-        self.stem = SplitConv(model.conv_stem, model.bn1, (Part(tuple(range(model.conv_stem.in_channels)),
-                                                                 model.conv_stem.in_channels),), parts)
         originals = [b for stage in model.blocks[:-1] for b in stage]
         blocks = len(originals) if blocks is None else blocks
-        split = []
-        for b in originals[:blocks]:
-            split.append(SplitGhostBottleneck(b, parts, block))
-            parts = split[-1].parts
-        self.split_blocks = nn.ModuleList(split)
-        self.parts = parts
+        self.prefix = SplitGhostPrefix(model.conv_stem, model.bn1, originals[:blocks], block)
+        self.parts = self.prefix.parts
         self.blocks = nn.Sequential(*originals[blocks:])
         last = model.blocks[-1][0]
         if blocks < len(originals):
             self.last = last
         else:  # the last 1x1 conv reads the split map directly
-            self.last = SplitConv(last.conv, last.bn1, parts, (Part(tuple(range(last.conv.out_channels)),
-                                                                    last.conv.out_channels),))
+            self.last = SplitConv(last.conv, last.bn1, self.parts, (Part(tuple(range(last.conv.out_channels)),
+                                                                         last.conv.out_channels),))
         self.head = nn.Sequential(model.pool, model.conv_head, model.act2, nn.Flatten(1), model.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = _relu(self.stem([x]), True)
-        for b in self.split_blocks:
-            parts = b(parts)
+        parts = self.prefix.split(x)
         if isinstance(self.last, SplitConv):
             x = torch.relu(self.last(parts)[0])
         else:  # join the parts once, where the rest of the network runs unsplit
-            x = torch.cat([t[:, : len(p.channels)] for t, p in zip(parts, self.parts, strict=True)], 1)
-            x = self.last(self.blocks(x))
+            x = self.last(self.blocks(join(parts, self.parts)))
         return self.head(x)
 
 
@@ -239,11 +259,15 @@ def int8_split_blocks(model: GhostNet) -> int:
     first block at 1/16 of the input resolution (7 of GhostNet 1.0x's 16) was fastest in two exploratory
     runs on a 2-core Xeon, and tied with 5 and 16 in benchmarks/ghost_split.py's run (which prints it).
     """
-    stride, count = 2, 0  # the stem strides by 2
-    for stage in model.blocks[:-1]:
-        for b in stage:
-            count += 1
-            if stride >= 16:
-                return count
-            stride *= b.conv_dw.stride[0] if b.conv_dw is not None else 1
+    return int8_split_count([b for stage in model.blocks[:-1] for b in stage])
+
+
+def int8_split_count(bottlenecks: list[GhostBottleneck]) -> int:
+    """`int8_split_blocks` for a GhostNet's bottlenecks in order (the stem strides by 2 before them)."""
+    stride, count = 2, 0
+    for b in bottlenecks:
+        count += 1
+        if stride >= 16:
+            return count
+        stride *= b.conv_dw.stride[0] if b.conv_dw is not None else 1
     return count

@@ -26,6 +26,8 @@ def load_detector(weights: str | Path, model=None):
         model, classes = model or meta["model"], meta.get("classes")
         if isinstance(model, dict) and "tap16" not in model:
             model = {**model, "tap16": "stage"}  # a run from before the expansion tap: built as it was trained
+        if isinstance(model, dict) and "backbone_norm" not in model:
+            model = {**model, "backbone_norm": "model"}  # a run from before the field: its BatchNorm eps as trained
         num_classes = int(meta["num_classes"])
         path = path / RUN_WEIGHTS_FILE
         state = read_state_dict(path)

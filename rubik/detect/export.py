@@ -34,15 +34,71 @@ OUTPUT_NAMES = ["bbox_regression", "cls_logits"]
 TOP_BOXES = 20  # per image, the runtime must reproduce each of PyTorch's best boxes
 
 
-class DetectorCore(nn.Module):
-    """Backbone + extra layers + SSDLite head of a torchvision SSD: what the ONNX graph computes."""
+class SplitGhostBody(nn.Module):
+    """A GhostNet detector body whose first `blocks` bottlenecks run split (`deploy.layout`), for float export.
 
-    def __init__(self, det: nn.Module):
+    The same function as the body (`ExpansionTaps`), without the Concats and layout conversions that cost
+    ONNX Runtime's float kernels on x86; the split ends before the stride-32 stage, where both taps are.
+    """
+
+    def __init__(self, body: nn.Module, blocks: int | None = None, block: int = 16):
+        super().__init__()
+        from ..deploy.layout import SplitGhostPrefix
+
+        self.start = body._steps.index(body._stage)
+        bottlenecks = [b for step in body._steps[:self.start] if step.startswith("blocks.") for b in body._module(step)]
+        blocks = len(bottlenecks) if blocks is None else min(blocks, len(bottlenecks))
+        self.prefix = SplitGhostPrefix(body.conv_stem, body.bn1, bottlenecks[:blocks], block)
+        self.rest = nn.Sequential(*bottlenecks[blocks:])
+        self.body = body
+
+    @staticmethod
+    def applies(body: nn.Module) -> bool:
+        """A GhostNet body tapped at the expansion, whose steps before the stride-32 stage are stem and blocks."""
+        from ..models.ghost import GhostBottleneck
+        from .model import ExpansionTaps
+
+        if not isinstance(body, ExpansionTaps) or getattr(body.spec, "family", None) != "ghostnet":
+            return False
+        steps = body._steps[:body._steps.index(body._stage)]
+        blocks = [s for s in steps if s.startswith("blocks.")]
+        return (steps == ["conv_stem", "bn1", "act1", *blocks] and isinstance(body.act1, nn.ReLU)
+                and all(isinstance(b, GhostBottleneck) for s in blocks for b in body._module(s)))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.body(self.rest(self.prefix(x)), start=self.start)
+
+
+def split_blocks(det: nn.Module, split: str | None) -> int | None | bool:
+    """How many bottlenecks `export_detector(split=...)` splits: None all before stride 32, False none."""
+    from ..deploy.layout import int8_split_count
+
+    if split not in (None, "fp32", "int8"):
+        raise RubikError(f"split must be 'fp32', 'int8' or None, got {split!r}")
+    body = getattr(det.backbone, "body", None)  # torchvision's own MobileNetV3 extractor has none
+    if split is None or not SplitGhostBody.applies(body):
+        return False
+    if split == "fp32":
+        return None
+    start = body._steps.index(body._stage)
+    return int8_split_count([b for s in body._steps[:start] if s.startswith("blocks.") for b in body._module(s)])
+
+
+class DetectorCore(nn.Module):
+    """Backbone + extra layers + SSDLite head of a torchvision SSD: what the ONNX graph computes.
+
+    `split` ("fp32" or "int8", as `deploy.export.export_onnx`) runs a GhostNet body split (`SplitGhostBody`).
+    """
+
+    def __init__(self, det: nn.Module, split: str | None = None):
         super().__init__()
         self.backbone, self.head = det.backbone, det.head
+        blocks = split_blocks(det, split)
+        self.split = None if blocks is False else SplitGhostBody(det.backbone.body.eval(), blocks)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.head(list(self.backbone(x).values()))
+        feats = self.backbone(x) if self.split is None else self.backbone.extend(self.split(x))
+        out = self.head(list(feats.values()))
         return out["bbox_regression"], out["cls_logits"]
 
 
@@ -79,8 +135,12 @@ def detector_metadata(det: nn.Module) -> dict[str, str]:
     return meta
 
 
-def export_detector(det: nn.Module, path: str | Path, opset: int = 18) -> Path:
-    """Write the detector's backbone + head as ONNX (BatchNorm folded) with the runtime's metadata."""
+def export_detector(det: nn.Module, path: str | Path, opset: int = 18, split: str | None = "fp32") -> Path:
+    """Write the detector's backbone + head as ONNX (BatchNorm folded) with the runtime's metadata.
+
+    `split`: a GhostNet body runs split (`SplitGhostBody`): "fp32" every bottleneck before stride 32,
+    "int8" those the int8 file keeps in float (as `deploy.export.export_onnx`), None none.
+    """
     import onnx
 
     from ..deploy.export import fold_batchnorm, set_metadata
@@ -88,7 +148,7 @@ def export_detector(det: nn.Module, path: str | Path, opset: int = 18) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     det = det.eval()
-    core = fold_batchnorm(DetectorCore(det))
+    core = fold_batchnorm(DetectorCore(det, split))
     r = det.spec.resolution
     tmp = path.with_name(path.name + ".partial")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as log:
@@ -208,11 +268,16 @@ def int8_agreement(fp32_path: str | Path, int8_path: str | Path, images: list, m
 
 
 def quantize_detector(fp32_path: Path, calib_images: list, out_path: Path, calib_n: int = 256,
-                      method: str = "minmax") -> Any:
-    """Static int8 (QDQ, per-channel weights) of backbone and head with deploy's quantizer, all but the stem."""
+                      method: str = "minmax", boundary: int | str = "auto") -> Any:
+    """Static int8 (QDQ, per-channel weights) of backbone and head with deploy's quantizer.
+
+    `boundary` as `deploy.quantize.quantize_int8`: "auto" times where int8 starts on this machine (ORT's int8
+    depthwise is slower than float on the thin high-resolution layers), "all" quantizes all but the stem.
+    Quantize a file exported with `export_detector(split="int8")`: a GhostNet then keeps its split float prefix.
+    """
     from ..deploy.quantize import quantize_int8
 
-    return quantize_int8(fp32_path, calib_images, out_path, calib_n=calib_n, boundary="all", method=method,
+    return quantize_int8(fp32_path, calib_images, out_path, calib_n=calib_n, boundary=boundary, method=method,
                          log=lambda *a, **k: None)
 
 
@@ -246,7 +311,7 @@ def cmd_export(args) -> None:
 
         verify = [Image.fromarray(a) for a in sample_photos(4)]
     fp32 = out.with_name(out.stem + ".fp32.onnx") if args.int8 else out
-    export_detector(det, fp32, opset=args.opset)
+    export_detector(det, fp32, opset=args.opset, split="int8" if args.int8 else "fp32")
     check = verify_detector(det, fp32, verify)
     print(f"wrote {fp32}: {det.spec.name} at {det.spec.resolution} px, {det.num_object_classes} classes; {check}")
     if not args.int8:
@@ -258,8 +323,9 @@ def cmd_export(args) -> None:
     n = min(args.calib_n, len(calib_data.train))
     calib = [np.asarray(calib_data.train.load_image(i)) for i in range(n)]
     method = "minmax" if args.calib_method == "auto" else args.calib_method
-    quantize_detector(fp32, calib, out, calib_n=n, method=method)
+    config = quantize_detector(fp32, calib, out, calib_n=n, method=method, boundary=args.boundary)
     held = images_of(calib_data.val, range(min(32, len(calib_data.val))))
     agree = int8_agreement(fp32, out, held)
-    print(f"wrote {out}: int8 backbone and head ({method} calibration on {n} training images); on {len(held)} "
+    print(f"wrote {out}: int8 backbone and head from node {config.boundary} of {config.nodes} on ({method} "
+          f"calibration on {n} training images); on {len(held)} "
           f"validation images it finds {agree:.1%} of the fp32 file's boxes (score >= 0.3, IoU >= 0.5)")

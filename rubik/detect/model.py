@@ -30,6 +30,8 @@ from ..models.registry import FAMILIES, ModelSpec, get_spec
 TORCHVISION_MOBILENET = "torchvision:mobilenet_v3_large"
 PREFIX = "ssdlite:"
 TAPS16 = ("expansion", "stage")
+NORMS = ("model", "ssdlite")
+SSDLITE_NORM = {"eps": 0.001, "momentum": 0.03}  # torchvision's ssdlite320, backbone, extra layers and head
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class DetectorSpec:
     # Where the stride-16 map comes from: "expansion" of the first stride-32 block (SSDLite's and torchvision's
     # tap), or "stage", the end of the last stride-16 stage (narrower; how runs before 2026-12-01 were built).
     tap16: str = "expansion"
+    # The backbone's BatchNorm: "model" as the classifier has it (timm's eps 1e-5, momentum 0.1), or "ssdlite"
+    # (eps 0.001, momentum 0.03), what torchvision's ssdlite320 gives its MobileNetV3 backbone. eps is not in a
+    # state_dict, so it is part of the spec.
+    backbone_norm: str = "model"
 
     @property
     def torchvision_reference(self) -> bool:
@@ -91,6 +97,9 @@ class DetectorSpec:
             data["extra_channels"] = tuple(int(c) for c in data["extra_channels"])
         if data.get("tap16", "expansion") not in TAPS16:
             raise RubikError(f"detector spec field 'tap16' must be one of {list(TAPS16)}, got {data['tap16']!r}")
+        if data.get("backbone_norm", "model") not in NORMS:
+            raise RubikError(f"detector spec field 'backbone_norm' must be one of {list(NORMS)}, "
+                             f"got {data['backbone_norm']!r}")
         return cls(**data)
 
 
@@ -232,9 +241,10 @@ class ExpansionTaps(FeatureNet):
             channels = first.expand(torch.zeros(1, first_in_channels(first), 4, 4)).shape[1]
         self.feature_info = FeatureInfo([FeatureTap(f"{stage}.0.expand", int(channels), 16), last])
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
+        """The two taps; `start` > 0 takes `x` as the output of step `start - 1` (a split prefix ran it)."""
         out = []
-        for step in self._steps:
+        for step in self._steps[start:]:
             module = self._module(step)
             if step == self._stage:
                 first, *rest = module
@@ -269,7 +279,7 @@ class SSDLiteFeatures(nn.Module):
         super().__init__()
         from torchvision.models.detection.ssdlite import _extra_block, _normal_init
 
-        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # ssdlite320's
+        norm = partial(nn.BatchNorm2d, **SSDLITE_NORM)
         self.body = body
         chans = [in_channels[-1], *extra_channels]
         self.extra = nn.ModuleList(_extra_block(a, b, norm) for a, b in zip(chans[:-1], chans[1:], strict=True))
@@ -277,7 +287,11 @@ class SSDLiteFeatures(nn.Module):
         self.out_channels = [*in_channels, *extra_channels]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = list(self.body(x))
+        return self.extend(self.body(x))
+
+    def extend(self, taps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The body's taps followed by the extra layers' maps, keyed "0", "1", ..."""
+        feats = list(taps)
         x = feats[-1]
         for block in self.extra:
             x = block(x)
@@ -341,6 +355,10 @@ def build_detector(model: Any, num_classes: int, *, pretrained: bool = False,
             det.transform.min_size, det.transform.max_size = (spec.resolution,), spec.resolution
     else:
         net = build_backbone_net(spec, pretrained, backbone_weights, drop_connect_rate)
+        if spec.backbone_norm == "ssdlite":
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eps, m.momentum = SSDLITE_NORM["eps"], SSDLITE_NORM["momentum"]
         if not (pretrained or backbone_weights):
             from_scratch_init(net)
         taps, stage = detection_taps(net)
@@ -352,7 +370,7 @@ def build_detector(model: Any, num_classes: int, *, pretrained: bool = False,
             body = FeatureNet(net, taps)
         features = SSDLiteFeatures(body, body.feature_info.channels(), spec.extra_channels)
         anchors = _anchor_generator(len(features.out_channels))
-        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+        norm = partial(nn.BatchNorm2d, **SSDLITE_NORM)
         head = SSDLiteHead(features.out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm)
         size = (spec.resolution, spec.resolution)
         det = SSD(features, anchors, size, num_classes + 1, image_mean=list(spec.mean), image_std=list(spec.std),
