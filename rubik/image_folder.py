@@ -78,7 +78,8 @@ def holdout_split(samples: list[tuple[str, int]], fraction: float, seed: int):
     return train, val
 
 
-def folder_splits(root: str | Path, fraction: float = DEFAULT_HOLDOUT[0], seed: int = DEFAULT_HOLDOUT[1]) -> FolderSplits:
+def folder_splits(root: str | Path, fraction: float = DEFAULT_HOLDOUT[0],
+                  seed: int = DEFAULT_HOLDOUT[1]) -> FolderSplits:
     """Training and evaluation samples of ROOT: ROOT/train and the first of EVAL_DIRS when both exist;
     otherwise `fraction` of ROOT/train (or of ROOT's class folders) held out by `holdout_split`."""
     root = Path(root)
@@ -89,8 +90,8 @@ def folder_splits(root: str | Path, fraction: float = DEFAULT_HOLDOUT[0], seed: 
             val, val_classes = scan_folder(eval_dir)
             if val_classes != classes:
                 missing = sorted(set(classes) ^ set(val_classes))
-                raise RubikError(f"{root / TRAIN_DIR} and {eval_dir} have different class folders (e.g. {missing[:3]}); "
-                                 "give both the same classes")
+                raise RubikError(f"{root / TRAIN_DIR} and {eval_dir} have different class folders "
+                                 f"(e.g. {missing[:3]}); give both the same classes")
             return FolderSplits(train, val, classes, f"{root / TRAIN_DIR} and {eval_dir}")
         train, val = holdout_split(train, fraction, seed)
         return FolderSplits(train, val, classes, f"{root / TRAIN_DIR}, {fraction:.0%} held out (seed {seed})")

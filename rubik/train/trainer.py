@@ -173,7 +173,8 @@ class Trainer:
         if self.d.main:
             atomic_write_text(self.run_dir / RUN_MODEL_FILE, json.dumps(
                 {"model": self.spec.to_dict(), "num_classes": self.num_classes, "classes": self.data.classes,
-                 "holdout": [self.c.val_split, self.c.seed],  # how a folder without val/ was split (eval, export check it)
+                 # how a folder without val/ was split (eval and export check it)
+                 "holdout": [self.c.val_split, self.c.seed],
                  **(self.task.run_meta() if self.task is not None else {})}, indent=2))
 
     # ---- setup -------------------------------------------------------------------------------
