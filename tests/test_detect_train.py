@@ -137,6 +137,15 @@ def test_int8_export_keeps_the_boxes(trained, tmp_path, capsys):
     agree = float(text.split("it finds ")[1].split("%")[0])
     assert agree >= 80
     assert Detector(out).precision == "int8" and (tmp_path / "det.fp32.onnx").is_file()
+    # The deployed files, decoded by the runtime and scored by pycocotools, score as the PyTorch run did.
+    from rubik.detect.data import open_detection_data
+    from rubik.detect.evaluate import evaluate_file
+
+    val = open_detection_data(DATA).val
+    fp32, int8 = (evaluate_file(Detector(p), val) for p in (tmp_path / "det.fp32.onnx", out))
+    best = json.loads((trained / "best.json").read_text())
+    assert fp32.map == pytest.approx(best["top1"], abs=2.0) and fp32.count == len(val)
+    assert int8.map > fp32.map - 5
 
 
 def test_resume_is_bitwise_exact(tmp_path):

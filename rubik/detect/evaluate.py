@@ -115,3 +115,15 @@ def evaluate_detector(model: nn.Module, loader, samples, classes: list[str], dev
     mine = predict_loader(model, loader, device, channels_last=channels_last, amp_dtype=amp_dtype)
     detections = [d for part in gather_object(mine, dist_info or Dist()) for d in part]
     return coco_map(coco_ground_truth(samples, classes), detections)
+
+
+def evaluate_file(detector, images) -> DetectionResult:
+    """COCO mAP of an exported detector (a `deploy.runtime.Detector`) on a detection dataset, image by image:
+    what the deployed file finds, decoded and filtered by the runtime, scored as `evaluate_detector` scores."""
+    detections = []
+    for i, s in enumerate(images.samples):
+        found = detector.detect(images.load_image(i))
+        if found:
+            detections += to_coco_results(s.image_id, np.array([d["box"] for d in found]),
+                                          np.array([d["score"] for d in found]), np.array([d["label"] for d in found]))
+    return coco_map(coco_ground_truth(images.samples, images.classes), detections)
