@@ -372,7 +372,7 @@ def test_ghostnet_detector_exports_split_with_the_same_outputs(tmp_path):
     assert concats("fp32") < concats(None) - 15  # one Concat per Ghost module before stride 32 is gone
 
 
-def test_backbone_norm_ssdlite_sets_torchvisions_batchnorm_and_old_runs_keep_theirs(tmp_path):
+def test_backbone_norm_defaults_to_torchvisions_ssdlite_batchnorm_and_old_runs_keep_theirs(tmp_path):
     from safetensors.torch import save_file
 
     from rubik.detect.cli import load_detector
@@ -382,13 +382,14 @@ def test_backbone_norm_ssdlite_sets_torchvisions_batchnorm_and_old_runs_keep_the
         return [m for m in det.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
     spec = {"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 96}
-    assert all((m.eps, m.momentum) == (1e-5, 0.1) for m in backbone_bns(build_detector(spec, 2)))
-    det = build_detector({**spec, "backbone_norm": "ssdlite"}, 2)
-    assert all((m.eps, m.momentum) == (0.001, 0.03) for m in backbone_bns(det))
+    assert all((m.eps, m.momentum) == (0.001, 0.03) for m in backbone_bns(build_detector(spec, 2)))
+    assert all((m.eps, m.momentum) == (0.001, 0.03) for m in backbone_bns(build_detector("ssdlite_tinynet_e", 2)))
+    classifier_norm = {**spec, "backbone_norm": "model"}
+    assert all((m.eps, m.momentum) == (1e-5, 0.1) for m in backbone_bns(build_detector(classifier_norm, 2)))
     with pytest.raises(RubikError, match="backbone_norm"):
         get_detector_spec({**spec, "backbone_norm": "torchvision"})
-    stored = get_detector_spec(spec).to_dict()
-    del stored["backbone_norm"]  # model.json as runs wrote it before the field existed
+    stored = get_detector_spec(classifier_norm).to_dict()
+    del stored["backbone_norm"]  # model.json as runs wrote it before the field existed: they trained with "model"
     (tmp_path / RUN_MODEL_FILE).write_text(json.dumps({"task": "detect", "model": stored, "num_classes": 2}))
-    save_file(build_detector(spec, 2).state_dict(), str(tmp_path / RUN_WEIGHTS_FILE))
+    save_file(build_detector(classifier_norm, 2).state_dict(), str(tmp_path / RUN_WEIGHTS_FILE))
     assert all(m.eps == 1e-5 for m in backbone_bns(load_detector(tmp_path)))
