@@ -96,14 +96,14 @@ def make_dataset(root: Path, canvas: int, n_train: int, n_val: int, seed: int = 
     return root
 
 
-def train_one(model: str, data: Path, out: Path, args) -> dict:
+def train_one(model: str, data: Path, out: Path, args, seed: int = 0) -> dict:
     from rubik.detect.task import DetectionTask, data_defaults
     from rubik.train.recipes import build_config
     from rubik.train.run_dir import epochs_done
     from rubik.train.trainer import train
 
     cli = {"model": model, "data": str(data), "epochs": args.epochs, "batch_size": args.batch_size,
-           "resolution": args.resolution, "num_workers": args.workers, "log_every": 0, "seed": 0,
+           "resolution": args.resolution, "num_workers": args.workers, "log_every": 0, "seed": seed,
            "device": args.device}
     if args.steps:
         cli["steps_per_epoch"] = args.steps
@@ -132,6 +132,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--runs", type=int, default=100, help="timed rounds per file")
     p.add_argument("--calib-n", type=int, default=128)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="a run per model and seed (MODEL-seedN)")
     p.add_argument("--smoke", action="store_true", help="tiny everything: checks that the script runs")
     args = p.parse_args()
     if args.smoke:
@@ -157,9 +158,11 @@ def main() -> None:
     calib = [np.asarray(calib_set.load_image(i)) for i in range(min(args.calib_n, len(calib_set)))]
     rows, runners = [], {}
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    for spec in args.models:
+    runs = [(spec, seed) for spec in args.models for seed in args.seeds]
+    for spec, seed in runs:
         model = Path(spec).stem if spec.endswith(".json") else spec  # a spec file's runs are named by its file
-        best = train_one(spec, data, out / model, args)
+        model += f"-seed{seed}" if seed else ""
+        best = train_one(spec, data, out / model, args, seed)
         det = load_detector(out / model)
         macs, params = detector_macs_params(det)
         fp32 = export_detector(det, out / f"{model}.fp32.onnx")  # a GhostNet split for float (as rubik export)

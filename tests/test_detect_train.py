@@ -20,9 +20,12 @@ from rubik.train.checkpoint import list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small detector on a small problem: GhostNet 0.5x at half depth, 96 px, two digit classes, no
-# geometric augmentation, a high learning rate: 160 steps of 16 images that learn visibly.
+# geometric augmentation, a high learning rate: 160 steps of 16 images that learn visibly. The backbone keeps
+# the classifier's BatchNorm (momentum 0.1): with the default ssdlite momentum 0.03 the running statistics lag
+# this fast schedule and held-out mAP@.5 stayed at 0.3 % (measured 2026-12-01).
 TINY_DETECTOR = {"detector": "ssdlite", "name": "ssdlite_tiny", "resolution": 96, "extra_channels": [128, 64, 64, 32],
-                 "backbone": {"name": "ghost_tiny", "family": "ghostnet", "width": 0.5, "depth": 0.5}}
+                 "backbone": {"name": "ghost_tiny", "family": "ghostnet", "width": 0.5, "depth": 0.5},
+                 "backbone_norm": "model"}
 DATA = "digits:2:320"  # 320 training and 64 held-out images, generated (no download)
 QUICK = ["--set", "ema_decay=0", "--set", "crop_scale=[1.0,1.0]", "--set", "color_jitter=0", "--set", "log_every=0",
          "--workers", "0"]
