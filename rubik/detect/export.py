@@ -46,11 +46,17 @@ class SplitGhostBody(nn.Module):
         from ..deploy.layout import SplitGhostPrefix
 
         self.start = body._steps.index(body._stage)
-        bottlenecks = [b for step in body._steps[:self.start] if step.startswith("blocks.") for b in body._module(step)]
+        bottlenecks = self.bottlenecks(body)
         blocks = len(bottlenecks) if blocks is None else min(blocks, len(bottlenecks))
         self.prefix = SplitGhostPrefix(body.conv_stem, body.bn1, bottlenecks[:blocks], block)
         self.rest = nn.Sequential(*bottlenecks[blocks:])
         self.body = body
+
+    @staticmethod
+    def bottlenecks(body: nn.Module) -> list[nn.Module]:
+        """The body's bottlenecks before the stride-32 stage, in order."""
+        steps = body._steps[:body._steps.index(body._stage)]
+        return [b for step in steps if step.startswith("blocks.") for b in body._module(step)]
 
     @staticmethod
     def applies(body: nn.Module) -> bool:
@@ -63,7 +69,7 @@ class SplitGhostBody(nn.Module):
         steps = body._steps[:body._steps.index(body._stage)]
         blocks = [s for s in steps if s.startswith("blocks.")]
         return (steps == ["conv_stem", "bn1", "act1", *blocks] and isinstance(body.act1, nn.ReLU)
-                and all(isinstance(b, GhostBottleneck) for s in blocks for b in body._module(s)))
+                and all(isinstance(b, GhostBottleneck) for b in SplitGhostBody.bottlenecks(body)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body(self.rest(self.prefix(x)), start=self.start)
@@ -80,8 +86,7 @@ def split_blocks(det: nn.Module, split: str | None) -> int | None | bool:
         return False
     if split == "fp32":
         return None
-    start = body._steps.index(body._stage)
-    return int8_split_count([b for s in body._steps[:start] if s.startswith("blocks.") for b in body._module(s)])
+    return int8_split_count(SplitGhostBody.bottlenecks(body))
 
 
 class DetectorCore(nn.Module):
