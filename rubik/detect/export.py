@@ -75,18 +75,18 @@ class SplitGhostBody(nn.Module):
         return self.body(self.rest(self.prefix(x)), start=self.start)
 
 
-def split_blocks(det: nn.Module, split: str | None) -> int | None | bool:
-    """How many bottlenecks `export_detector(split=...)` splits: None all before stride 32, False none."""
+def split_body(det: nn.Module, split: str | None) -> SplitGhostBody | None:
+    """The split body `export_detector(split=...)` exports ("fp32": every bottleneck before stride 32 split,
+    "int8": those the int8 file keeps in float), or None for no split or a body that is not a GhostNet's."""
     from ..deploy.layout import int8_split_count
 
     if split not in (None, "fp32", "int8"):
         raise RubikError(f"split must be 'fp32', 'int8' or None, got {split!r}")
     body = getattr(det.backbone, "body", None)  # torchvision's own MobileNetV3 extractor has none
     if split is None or not SplitGhostBody.applies(body):
-        return False
-    if split == "fp32":
         return None
-    return int8_split_count(SplitGhostBody.bottlenecks(body))
+    blocks = None if split == "fp32" else int8_split_count(SplitGhostBody.bottlenecks(body))
+    return SplitGhostBody(body.eval(), blocks)
 
 
 class DetectorCore(nn.Module):
@@ -98,8 +98,7 @@ class DetectorCore(nn.Module):
     def __init__(self, det: nn.Module, split: str | None = None):
         super().__init__()
         self.backbone, self.head = det.backbone, det.head
-        blocks = split_blocks(det, split)
-        self.split = None if blocks is False else SplitGhostBody(det.backbone.body.eval(), blocks)
+        self.split = split_body(det, split)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.backbone(x) if self.split is None else self.backbone.extend(self.split(x))
