@@ -287,6 +287,7 @@ def test_kill_mid_study_and_rerun_finishes_without_redoing(tmp_path):
               for t in study.get_trials(states=(TrialState.COMPLETE,))}
     killed = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
     assert before and len(killed) == 1
+    storage.engine.dispose()  # hold no SQLite connection while the rerun writes
 
     rerun = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
