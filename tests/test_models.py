@@ -21,8 +21,11 @@ PUBLISHED = {
     "mobilenetv3_large_100": (219, 5.4), "mobilenetv3_small_100": (56, 2.5),  # torchvision's, as published
     # ResNet: He et al.'s 1.8 / 3.6 GMACs; 4.1 / 7.8 for the v1.5 layout of 50 / 101 (torchvision's figures)
     "resnet18": (1800, 11.7), "resnet34": (3600, 21.8), "resnet50": (4100, 25.6), "resnet101": (7800, 44.5),
+    # EfficientNet-Lite: the TF Lite README's table (its MAdds from TensorFlow's profiler too)
+    "efficientnet_lite0": (407, 4.7), "efficientnet_lite1": (631, 5.4), "efficientnet_lite2": (899, 6.1),
+    "efficientnet_lite3": (1440, 8.2), "efficientnet_lite4": (2640, 13.0),
 }
-TF_COUNTED = {f"efficientnet_b{i}" for i in range(2, 8)}
+TF_COUNTED = {f"efficientnet_b{i}" for i in range(2, 8)} | {f"efficientnet_lite{i}" for i in range(5)}
 
 
 def half_unit(published: float) -> float:
@@ -150,7 +153,7 @@ def test_bad_spec_names_the_field(tmp_path):
 
 
 def test_list_models_filter():
-    assert rubik.list_models("tinynet_*") == [f"tinynet_{c}" for c in "abcde"]
+    assert rubik.list_models("tinynet_?") == [f"tinynet_{c}" for c in "abcde"]
     assert "ghostnet_100" in rubik.list_models()
 
 

@@ -1,7 +1,9 @@
-"""The MBConv family (EfficientNet, TinyNet, and any (r, d, w) between them).
+"""The MBConv family (EfficientNet, EfficientNet-Lite, TinyNet, and any (r, d, w) between them).
 
 A base architecture is a table of stages; `MBConvNet(stages, width, depth, rules)` scales it.
 Module and parameter names follow timm's EfficientNet so the official checkpoints load as they are.
+EfficientNet-Lite is the same table under other rules (`LITE_RULES`): no squeeze-excite, ReLU6,
+stem and head fixed, first and last stage never depth-scaled.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class ScalingRules:
 
     EfficientNet scales the stem and head with width and takes the ceiling of scaled depth;
     TinyNet keeps a 32-channel stem, never shrinks the 1280-channel head, and rounds depth.
+    EfficientNet-Lite (the TF reference code, timm's `_gen_efficientnet_lite`) fixes stem and head,
+    keeps the first and last stage at their base repeats (`fix_first_last`), drops squeeze-excite
+    and uses ReLU6 everywhere.
     """
 
     depth_rounding: Literal["ceil", "round"] = "ceil"
@@ -43,11 +48,28 @@ class ScalingRules:
     head: Literal["scaled", "at_least_base", "fixed"] = "scaled"
     stem_channels: int = 32
     head_channels: int = 1280
+    fix_first_last: bool = False  # first and last stage keep their base repeats when depth scales
+    squeeze_excite: bool = True  # the table's SE ratio (0.25) in every block; False: no SE at all
+    act: Literal["silu", "relu6"] = "silu"  # the activation of stem, blocks, SE and head
+
+    def __post_init__(self):
+        for key, choices in _RULE_CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{key} must be one of {list(choices)}, got {getattr(self, key)!r}")
+        for key in ("fix_first_last", "squeeze_excite"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+
+
+_RULE_CHOICES = {"depth_rounding": ("ceil", "round"), "stem": ("scaled", "fixed"),
+                 "head": ("scaled", "at_least_base", "fixed"), "act": ("silu", "relu6")}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu6": nn.ReLU6}
 
 
 MBConvRules = ScalingRules  # the family's rules dataclass under its family's name
 EFFICIENTNET_RULES = ScalingRules()
 TINYNET_RULES = ScalingRules(depth_rounding="round", stem="fixed", head="at_least_base")
+LITE_RULES = ScalingRules(stem="fixed", head="fixed", fix_first_last=True, squeeze_excite=False, act="relu6")
 
 # EfficientNet-B0 (Tan & Le 2019, Table 1); every MBConv model here is this table scaled.
 EFFICIENTNET_B0_STAGES = (
@@ -97,12 +119,13 @@ def plan_network(stages: tuple[MBStage, ...], width: float, depth: float, rules:
             "at_least_base": max(rules.head_channels, make_divisible(rules.head_channels * width)),
             "fixed": rules.head_channels}[rules.head]
     planned, in_ch = [], stem
-    for stage in stages:
+    for index, stage in enumerate(stages):
         out_ch = make_divisible(stage.channels * width)
+        fixed = rules.fix_first_last and index in (0, len(stages) - 1)
         blocks = []
-        for i in range(scale_repeats(stage.repeats, depth, rules.depth_rounding)):
+        for i in range(scale_repeats(stage.repeats, 1.0 if fixed else depth, rules.depth_rounding)):
             # SE width comes from the block's input channels, as in the paper and the official code.
-            se_ch = max(1, round(in_ch * stage.se_ratio)) if stage.se_ratio else 0
+            se_ch = max(1, round(in_ch * stage.se_ratio)) if stage.se_ratio and rules.squeeze_excite else 0
             expand = 1 if stage.block == "ds" else stage.expand
             blocks.append(BlockPlan(stage.block, in_ch, out_ch, stage.kernel, stage.stride if i == 0 else 1,
                                     expand, se_ch))
@@ -186,8 +209,9 @@ class MBConvNet(nn.Module):
     def __init__(self, stages: tuple[MBStage, ...] = EFFICIENTNET_B0_STAGES, width: float = 1.0,
                  depth: float = 1.0, rules: ScalingRules = EFFICIENTNET_RULES, num_classes: int = 1000,
                  drop_rate: float = 0.2, drop_connect_rate: float = 0.2, in_chans: int = 3,
-                 act: type[nn.Module] = nn.SiLU):
+                 act: type[nn.Module] | None = None):
         super().__init__()
+        act = act or ACTIVATIONS[rules.act]
         self.num_classes = num_classes
         self.plan = plan = plan_network(stages, width, depth, rules)
         self.conv_stem, self.bn1 = conv_bn(in_chans, plan.stem, 3, 2)

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import RubikError
 from . import ghost, ghostnetv2, ghostnetv3, mbconv, resnet, tvbaseline
 from .family import Family, FeatureNet
-from .mbconv import TINYNET_RULES
+from .mbconv import LITE_RULES, TINYNET_RULES
 from .resnet import ResNetRules
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, Published
 from .tvbaseline import TorchvisionRules
@@ -70,6 +70,18 @@ def _register_all() -> None:
               (2.0, 3.1, 600, 0.5, 37000, 66, 84.3, None)]
     for i, (w, d, r, drop, macs, params, top1, hub) in enumerate(effnet):
         register(ModelSpec(f"efficientnet_b{i}", width=w, depth=d, resolution=r, drop_rate=drop),
+                 Published(hub, macs, params, top1))
+    # EfficientNet-Lite 0..4 (TF reference code, efficientnet_lite_builder.py, as timm's _gen_efficientnet_lite
+    # lists it): (width, depth, resolution, dropout); figures from the TF Lite README's table (its MAdds come
+    # from TF's profiler). Only Lite0 has ImageNet weights on the hub in timm's PyTorch layout (timm's own
+    # training); the TF checkpoints are timm's tf_efficientnet_lite*, which pad as TF does ("same").
+    lite = [(1.0, 1.0, 224, 0.2, 407, 4.7, 75.1, "timm/efficientnet_lite0.ra_in1k"),
+            (1.0, 1.1, 240, 0.2, 631, 5.4, 76.7, None),
+            (1.1, 1.2, 260, 0.3, 899, 6.1, 77.6, None),
+            (1.2, 1.4, 280, 0.3, 1440, 8.2, 79.8, None),
+            (1.4, 1.8, 300, 0.3, 2640, 13.0, 81.5, None)]
+    for i, (w, d, r, drop, macs, params, top1, hub) in enumerate(lite):
+        register(ModelSpec(f"efficientnet_lite{i}", width=w, depth=d, resolution=r, rules=LITE_RULES, drop_rate=drop),
                  Published(hub, macs, params, top1))
     # The TinyNet paper's inverse giant formula, phi = -1..-4: see INVERSE_GIANT_WIDTHS.
     for phi, w in INVERSE_GIANT_WIDTHS.items():
