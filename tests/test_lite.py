@@ -1,4 +1,4 @@
-"""EfficientNet-Lite (the MBConv family under Lite's rules) against timm, and twisting a Lite."""
+"""EfficientNet-Lite (the MBConv family under Lite's rules) against timm, twisting a Lite, and TinyNet-Lite A..E."""
 
 import json
 from dataclasses import replace
@@ -9,11 +9,13 @@ from torch import nn
 
 import rubik
 from rubik.cli import main
+from rubik.cube.formula import TinyFormula
 from rubik.cube.solve import macs_of
 from rubik.cube.twist import Twister
 from rubik.errors import RubikError
-from rubik.models import LITE_RULES, MODELS, get_spec, published
+from rubik.models import FAMILIES, LITE_RULES, MODELS, get_spec, published
 from rubik.models.layers import SqueezeExcite
+from rubik.models.registry import TINYNET_LITE_POINTS
 from rubik.profile import count, count_params
 
 LITES = [f"efficientnet_lite{i}" for i in range(5)]
@@ -21,6 +23,7 @@ LITES = [f"efficientnet_lite{i}" for i in range(5)]
 LITE_PARAMS = {"efficientnet_lite0": (1.0, 1.0, 224, 0.2), "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
                "efficientnet_lite2": (1.1, 1.2, 260, 0.3), "efficientnet_lite3": (1.2, 1.4, 280, 0.3),
                "efficientnet_lite4": (1.4, 1.8, 300, 0.3)}
+TINYNET_BUDGETS = {"a": 0.9, "b": 0.5, "c": 0.25, "d": 0.13, "e": 0.06}  # TinyNet A..E's c
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +133,40 @@ def test_cli_twist_a_lite_base(capsys, tmp_path):
     assert abs(twisted["twist"]["macs"] / 50e6 - 1) <= 0.01
 
 
+def test_tinynet_lite_constants_are_the_formulas_models(lite_twister):
+    """The registry stores TinyNet-Lite's (r, d, w) (models must not import cube); recompute them here."""
+    assert lite_twister.formula.path == TinyFormula.builtin(FAMILIES["mbconv"].formula).path
+    assert sorted(TINYNET_LITE_POINTS) == sorted(TINYNET_BUDGETS)
+    family = FAMILIES["mbconv"]
+    for letter, c in TINYNET_BUDGETS.items():
+        stored_c, resolution, depth, width = TINYNET_LITE_POINTS[letter]
+        named = MODELS[f"tinynet_lite_{letter}"]
+        assert stored_c == c and (named.resolution, named.depth, named.width) == (resolution, depth, width)
+        result = lite_twister.to_ratio(c)
+        spec = result.spec
+        assert named.rules == spec.rules == lite_twister.twist_rules()
+        assert spec.resolution == resolution, letter
+        assert abs(spec.depth - depth) < 1e-3 and abs(spec.width - width) < 1e-3, (letter, spec)
+        assert family.plan_of(named) == family.plan_of(spec), letter  # the same channels and blocks
+        macs = macs_of(named)
+        assert abs(macs / (c * lite_twister.base_macs) - 1) <= 0.01, (letter, macs)
+        assert published(named).hub_id is None  # architectures only: no weights exist
+
+
+def test_tinynet_lite_models_build_run_and_are_lite():
+    assert rubik.list_models("tinynet_lite_*") == [f"tinynet_lite_{c}" for c in "abcde"]
+    for letter in "abcde":
+        model = rubik.create_model(f"tinynet_lite_{letter}", num_classes=5).eval()
+        assert_is_lite(model)
+        r = model.spec.resolution
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, r, r)).shape == (1, 5)
+
+
 def test_cli_lists_and_profiles_lite(capsys):
     assert main(["models", "*lite*"]) == 0
     listed = capsys.readouterr().out
-    for name in LITES:
+    for name in LITES + [f"tinynet_lite_{c}" for c in "abcde"]:
         assert name in listed
     assert main(["profile", "efficientnet_lite0", "--no-latency"]) == 0
     out = capsys.readouterr().out

@@ -154,6 +154,7 @@ def test_bad_spec_names_the_field(tmp_path):
 
 def test_list_models_filter():
     assert rubik.list_models("tinynet_?") == [f"tinynet_{c}" for c in "abcde"]
+    assert rubik.list_models("tinynet_lite_*") == [f"tinynet_lite_{c}" for c in "abcde"]
     assert "ghostnet_100" in rubik.list_models()
 
 

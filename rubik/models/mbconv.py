@@ -9,7 +9,7 @@ stem and head fixed, first and last stage never depth-scaled.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -70,6 +70,8 @@ MBConvRules = ScalingRules  # the family's rules dataclass under its family's na
 EFFICIENTNET_RULES = ScalingRules()
 TINYNET_RULES = ScalingRules(depth_rounding="round", stem="fixed", head="at_least_base")
 LITE_RULES = ScalingRules(stem="fixed", head="fixed", fix_first_last=True, squeeze_excite=False, act="relu6")
+# A Lite twisted with the tiny formula: the formula file's rules (round depth, head max(1280, 1280 w)) on Lite's.
+TINYNET_LITE_RULES = replace(LITE_RULES, depth_rounding="round", head="at_least_base")
 
 # EfficientNet-B0 (Tan & Le 2019, Table 1); every MBConv model here is this table scaled.
 EFFICIENTNET_B0_STAGES = (

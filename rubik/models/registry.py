@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import RubikError
 from . import ghost, ghostnetv2, ghostnetv3, mbconv, resnet, tvbaseline
 from .family import Family, FeatureNet
-from .mbconv import LITE_RULES, TINYNET_RULES
+from .mbconv import LITE_RULES, TINYNET_LITE_RULES, TINYNET_RULES
 from .resnet import ResNetRules
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, Published
 from .tvbaseline import TorchvisionRules
@@ -96,6 +96,9 @@ def _register_all() -> None:
     for letter, w, d, r, macs, params, top1, timm_top1 in tiny:
         register(ModelSpec(f"tinynet_{letter}", width=w, depth=d, resolution=r, rules=TINYNET_RULES),
                  Published(f"timm/tinynet_{letter}.in1k", macs, params, top1, timm_top1))
+    # TinyNet-Lite A..E: architectures only (no weights); see TINYNET_LITE_POINTS.
+    for letter, (_, r, d, w) in TINYNET_LITE_POINTS.items():
+        register(ModelSpec(f"tinynet_lite_{letter}", width=w, depth=d, resolution=r, rules=TINYNET_LITE_RULES))
     # GhostNet 0.5x / 1.0x / 1.3x (Han et al. 2020, Table 7).
     bilinear = Preprocess(interpolation="bilinear")
     for tag, w, macs, params, top1, hub in (("050", 0.5, 42, 2.6, 66.2, None),
@@ -139,6 +142,14 @@ def _register_all() -> None:
 # params): channel rounding and the one-block floor per stage keep it at 38 M MACs and 1.9 M params,
 # and even one block per stage stays above 26 M. Solved widths (tests/test_models.py re-solves them):
 INVERSE_GIANT_WIDTHS = {1: 0.725, 2: 0.56, 3: 0.485, 4: 0.48}
+
+# TinyNet-Lite A..E: `rubik twist --base efficientnet_lite0` with the built-in tiny formula (tinynet_paper.json)
+# at TinyNet A..E's FLOPs ratios c: r and d from the formula's fit, w solved so MACs = c x Lite0's (within
+# 1 %), built with Lite0's rules updated by the formula's (TINYNET_LITE_RULES). Stored here because models
+# must not import cube; tests/test_lite.py recomputes them. letter: (c, resolution, depth, width).
+TINYNET_LITE_POINTS = {"a": (0.9, 191, 1.2033, 1.0352), "b": (0.5, 191, 1.086, 0.7498),
+                       "c": (0.25, 178, 0.8637, 0.5358), "d": (0.13, 153, 0.6899, 0.5353),
+                       "e": (0.06, 109, 0.6005, 0.4638)}
 
 _register_all()
 
