@@ -20,8 +20,15 @@ The recipe (see benchmarks/deploy.py for the measurements behind it):
   so a tensor whose range is degenerate (an untrained model's vanishing activations) calibrates like
   any other instead of breaking a 2048-bin float32 histogram.
 
-`quantize_int8` runs four steps, each its own function: calibration choice (`choose_calibration`),
-boundary candidates (`boundary_candidates`), selection (`choose_boundary`), writing (`write_int8`).
+- A precision plan where int8 fails its gate (`gate=`, what `rubik export` passes: the held-out check
+  with `--max-drop`): the few convolutions after the boundary whose quantization costs the most top-1
+  agreement stay float too (`deploy.precision_plan`, measured leave-one-out on the selection images
+  through `quantize_static`'s `nodes_to_quantize`, every file from the same calibration cache); the
+  plan, its agreement and its cost in ms go into the file's metadata (`QuantConfig.plan`).
+
+`quantize_int8` runs five steps, each its own function: calibration choice (`choose_calibration`),
+boundary candidates (`boundary_candidates`), selection (`choose_boundary`), the precision plan when a gate
+fails (`plan_onnx`), writing (`write_int8`). `export_int8` adds the held-out check and its gate.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import contextlib
 import io
 import json
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,6 +90,9 @@ class QuantConfig:
     agreement: dict[str, float] = field(default_factory=dict)  # candidate -> top-1 agreement with fp32
     calibration_agreement: dict[str, float] = field(default_factory=dict)  # method -> agreement, when chosen
     selection_images: int = 0
+    # The precision plan, when the gate failed (`plan_onnx`): keep_float (node names), modules, passed,
+    # agreement before/after, sensitivity of the most sensitive layers, and median ms of fp32/int8/plan.
+    plan: dict = field(default_factory=dict)
 
 
 class CalibrationError(RubikError):
@@ -286,7 +296,7 @@ class _Int8Files:
                  threads: int):
         self.pre_path, self.names, self.session, self.pre = pre_path, names, session, pre
         self.images, self.tmp, self.threads = images, tmp, threads
-        self.done: dict[tuple[int, str], Path] = {}
+        self.done: dict[tuple[int, str, frozenset[str]], Path] = {}
 
     def cache(self, how: str) -> tuple[Path, object | None]:
         """(ORT calibration cache, a data reader when ORT must still calibrate itself)."""
@@ -299,19 +309,23 @@ class _Int8Files:
                                    self.threads)
         return write_ranges(ranges, how, cache), None
 
-    def __call__(self, start: int, how: str) -> Path:
-        if (start, how) in self.done:
-            return self.done[start, how]
+    def __call__(self, start: int, how: str, keep_float: frozenset[str] = frozenset()) -> Path:
+        """The file quantized from node `start` on, but for the nodes in `keep_float`."""
+        key = (start, how, frozenset(keep_float))
+        if key in self.done:
+            return self.done[key]
         import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}
-        path = self.tmp / f"int8_{how}_{start}.onnx"
+        planned = f"_{len(self.done)}" if keep_float else ""  # a precision plan's trial: one file per set
+        path = self.tmp / f"int8_{how}_{start}{planned}.onnx"
+        quantized = [n for n in self.names[start:] if n not in keep_float]
         cache, reader = self.cache(how)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print progress
-                quantize_static(str(self.pre_path), str(path), reader, nodes_to_quantize=self.names[start:],
+                quantize_static(str(self.pre_path), str(path), reader, nodes_to_quantize=quantized,
                                 calibrate_method=methods[how], calibration_cache_path=str(cache),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
@@ -322,7 +336,7 @@ class _Int8Files:
         model = onnx.load(str(path))
         float_outputs(model.graph)
         onnx.save(model, str(path))
-        self.done[start, how] = path
+        self.done[key] = path
         return path
 
 
@@ -408,6 +422,100 @@ def choose_boundary(paths: dict[str, Path], agreement: Agreement, timing: Callab
     return start, tuned, agreed
 
 
+PLAN_OPS = ("Conv", "Gemm")  # what the precision plan probes: the convolutions and the classifier
+PASS_THROUGH = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "QuickGelu", "Reshape",
+                "Flatten", "GlobalAveragePool", "MaxPool", "AveragePool")  # one-input ops a unit reaches back over
+
+
+def plan_units(graph, start: int) -> dict[str, list[str]]:
+    """The units the precision plan may keep float: each convolution (and the classifier) from the boundary on,
+    with the nodes that make its input, back to the previous convolution.
+
+    Why not the convolution alone: ONNX Runtime quantizes, when it loads a file, the float weights of any
+    Conv or Gemm whose input comes from a per-tensor DequantizeLinear (its WeightBiasQuantization transformer:
+    symmetric *per-tensor* int8), so a convolution left out of `nodes_to_quantize` whose input is still
+    quantized runs with coarser weights than before. Keeping the operators in front of it float (its
+    activation, the residual Add or squeeze-excite Mul that feeds it) gives it a float input: walked back over
+    one-input operators (`PASS_THROUGH`), stopping at a Conv/Gemm, the boundary, or after a many-input one.
+    """
+    producer = {out: (i, node) for i, node in enumerate(graph.node) for out in node.output}
+    units = {}
+    for node in graph.node[start:]:
+        if node.op_type not in PLAN_OPS:
+            continue
+        unit, tensor = [node.name], node.input[0]
+        while tensor in producer:
+            i, up = producer[tensor]
+            if i < start or up.op_type in PLAN_OPS or up.name in unit:
+                break
+            unit.append(up.name)
+            if up.op_type not in PASS_THROUGH:
+                break
+            tensor = up.input[0]
+        units[node.name] = unit
+    return units
+
+
+def quantized_weights(model, names: Collection[str]) -> list[str]:
+    """Of the nodes `names`, the Conv/Gemm ONNX Runtime will give int8 weights when it loads `model` although
+    they are float in the file (input from a per-tensor DequantizeLinear: see `plan_units`)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    inits = {i.name for i in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.name in names and node.op_type in PLAN_OPS and node.input[1] in inits:
+            up = producer.get(node.input[0])
+            if up is not None and up.op_type == "DequantizeLinear":
+                found.append(node.name)
+    return found
+
+
+def module_names(graph) -> dict[str, str]:
+    """Node name -> the dotted PyTorch module it came from (`torch.onnx`'s name scopes), where recorded."""
+    import ast
+
+    names = {}
+    for node in graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        with contextlib.suppress(ValueError, SyntaxError):
+            scopes = ast.literal_eval(scopes) if scopes else []
+            if len(scopes) >= 2 and scopes[-2]:
+                names[node.name] = scopes[-2]
+    return names
+
+
+def _no_selection(path: Path) -> float:
+    raise CalibrationError("the int8 file fails its gate, and the precision plan needs selection images to rank "
+                           "layers on (select_images=, images not used for calibration)")
+
+
+def plan_onnx(quantize: Callable[[frozenset[str]], Path], graph, start: int, agreement: Agreement,
+              gate: Callable[[Path], bool], timing: Callable[[dict[str, Path]], dict[str, float]],
+              config: QuantConfig, log=print) -> Path:
+    """The precision plan (`precision_plan.find_plan`) over the `plan_units` of the file quantized from `start`:
+    recorded in `config.plan` when the all-int8 file fails `gate`; returns the file to write (the planned one
+    when it passes, else the all-int8 one). A passing plan is timed against the all-int8 file and fp32."""
+    from .precision_plan import find_plan
+
+    units = plan_units(graph, start)
+    plan = find_plan(lambda keep: quantize(frozenset(n for k in keep for n in units[k])),
+                     agreement if agreement else _no_selection, gate, list(units), log=log)
+    if not plan.probed:
+        return plan.file
+    modules = module_names(graph)
+    ms = timing({"int8": quantize(frozenset()), "plan": plan.file}) if plan.passed else {}
+    summary = plan.as_dict()
+    # modules: the layers kept float (`keep_float`), or when the plan failed, tried and left int8 (`tried`)
+    config.plan = {**summary, "modules": [modules.get(n, n) for n in plan.keep_float],
+                   "float_nodes": [n for k in summary["keep_float"] for n in units[k]],
+                   "sensitivity": {modules.get(k, k): v for k, v in summary["sensitivity"].items()},
+                   "ms": {k: round(v, 4) for k, v in ms.items()}}
+    cost = (f"; median ms fp32 {ms['fp32']:.3f}, all-int8 {ms['int8']:.3f}, planned {ms['plan']:.3f}"
+            if ms else "")
+    log(plan.describe(lambda n: modules.get(n, n)) + cost)
+    return plan.file
+
+
 def write_int8(quantized: Path, fp32_path: Path, config: QuantConfig, out_path: Path) -> None:
     """The chosen file at `out_path`, with the fp32 file's metadata, precision int8 and how it was made."""
     import onnx
@@ -425,7 +533,7 @@ def write_int8(quantized: Path, fp32_path: Path, config: QuantConfig, out_path: 
 def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Path, *, calib_n: int = 256,
                   boundary: int | str = "auto", method: str = "auto", threads: int = 1,
                   tune_rounds: int = TUNE_ROUNDS, select_images: list | None = None, slack: float = SELECTION_SLACK,
-                  log=print) -> QuantConfig:
+                  gate: Callable[[Path], bool] | None = None, log=print) -> QuantConfig:
     """Quantize an exported fp32 ONNX file to int8 with real calibration images; returns what it did.
 
     `calib_images`: paths, PIL images or HxWx3 uint8 arrays (the first `calib_n` are used);
@@ -433,7 +541,9 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
     `method`: "minmax", "percentile", "entropy", or "auto": with `select_images`, whichever of MinMax and
     Percentile agrees better with fp32 (MinMax without);
     `select_images`: images (not the calibration ones) on which "auto" measures each candidate's top-1
-    agreement with fp32; candidates more than `slack` below the best agreement are not considered.
+    agreement with fp32; candidates more than `slack` below the best agreement are not considered;
+    `gate`: a check of a quantized file (`Int8Gate`); when the chosen file fails it, the precision plan
+    (`plan_onnx`) keeps the most sensitive layers after the boundary float, ranked on `select_images`.
     """
     import onnx
     import onnxruntime as ort
@@ -473,7 +583,12 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
         config = QuantConfig(calibration=method, calibration_agreement=method_agreement, calib_images=len(images),
                              boundary=start, float_nodes=start, nodes=len(names), tuned=tuned, agreement=agreed,
                              selection_images=len(select_images) if agreed else 0)
-        write_int8(files(start, method), fp32_path, config, out_path)
+        chosen = files(start, method)
+        if gate is not None:
+            chosen = plan_onnx(lambda keep: files(start, method, keep), graph, start, agreement, gate,
+                               lambda paths: time_files({"fp32": fp32_path, **paths}, x, threads, tune_rounds),
+                               config, log)
+        write_int8(chosen, fp32_path, config, out_path)
     return config
 
 
@@ -510,22 +625,83 @@ def predictions(path: str | Path, images: list, threads: int = 1) -> np.ndarray:
         raise ModelFileError(str(e)) from None
 
 
+class Int8GateError(RubikError):
+    """An int8 file that loses more accuracy than `--max-drop` allows, even with the precision plan."""
+
+
+def _labels(heldout: LabelledImages, model_classes: list[str] | None) -> np.ndarray | None:
+    """The held-out labels as the model's class indices (mapped by class name when both know their names);
+    None when unlabelled or labelled with other classes than the model's (agreement is all we can say)."""
+    if heldout.labels is None:
+        return None
+    labels = np.asarray(heldout.labels)
+    if model_classes and heldout.classes:
+        index = {c: i for i, c in enumerate(model_classes)}
+        if not set(heldout.classes) <= set(index):
+            return None
+        labels = np.asarray([index[heldout.classes[t]] for t in heldout.labels])
+    return labels
+
+
+class Int8Gate:
+    """The held-out check as a gate: an int8 file passes unless it loses more than `max_drop` accuracy points
+    against fp32 (always, on unlabelled images). fp32 runs once; each int8 file is checked once."""
+
+    def __init__(self, fp32_path: str | Path, heldout: LabelledImages, model_classes: list[str] | None = None,
+                 max_drop: float = float("inf"), threads: int = 1):
+        if not len(heldout):
+            raise CalibrationError("no held-out images to check the int8 model on")
+        self.images, self.max_drop, self.threads = heldout.images, max_drop, threads
+        self.labels = _labels(heldout, model_classes)
+        self.reference = predictions(fp32_path, self.images, threads)
+        self.checks: dict[Path, Int8Check] = {}
+
+    def check(self, path: str | Path) -> Int8Check:
+        path = Path(path)
+        if path not in self.checks:
+            b = predictions(path, self.images, self.threads)
+            check = Int8Check(len(b), float((self.reference == b).mean()))
+            if self.labels is not None:
+                check.fp32_accuracy = float((self.reference == self.labels).mean())
+                check.int8_accuracy = float((b == self.labels).mean())
+            self.checks[path] = check
+        return self.checks[path]
+
+    def drop(self, path: str | Path) -> float:
+        """Accuracy points lost (0 when unlabelled)."""
+        delta = self.check(path).accuracy_delta
+        return 0.0 if delta is None else -100 * delta
+
+    def __call__(self, path: str | Path) -> bool:
+        return self.drop(path) <= self.max_drop
+
+
 def check_int8(fp32_path: str | Path, int8_path: str | Path, heldout: LabelledImages,
                model_classes: list[str] | None = None, threads: int = 1) -> Int8Check:
     """Top-1 agreement of int8 with fp32, and both accuracies when the held-out images are labelled with
     the model's classes (labels are mapped by class name when the model knows its class names)."""
-    if not len(heldout):
-        raise CalibrationError("no held-out images to check the int8 model on")
-    a = predictions(fp32_path, heldout.images, threads)
-    b = predictions(int8_path, heldout.images, threads)
-    check = Int8Check(len(a), float((a == b).mean()))
-    if heldout.labels is not None:
-        labels = np.asarray(heldout.labels)
-        if model_classes and heldout.classes:
-            index = {c: i for i, c in enumerate(model_classes)}
-            if not set(heldout.classes) <= set(index):
-                return check  # other classes than the model's: agreement is all we can say
-            labels = np.asarray([index[heldout.classes[t]] for t in heldout.labels])
-        check.fp32_accuracy = float((a == labels).mean())
-        check.int8_accuracy = float((b == labels).mean())
-    return check
+    return Int8Gate(fp32_path, heldout, model_classes, threads=threads).check(int8_path)
+
+
+def export_int8(fp32_path: str | Path, calib_images: list, out_path: str | Path, gate: Int8Gate, *,
+                select_images: list | None = None, **options) -> tuple[QuantConfig, Int8Check]:
+    """`quantize_int8` with `gate` (the held-out check, which decides whether a precision plan is needed),
+    then the held-out check of the written file. Raises nothing on a failed gate: see `enforce_gate`."""
+    config = quantize_int8(fp32_path, calib_images, out_path, select_images=select_images, gate=gate, **options)
+    return config, gate.check(out_path)
+
+
+def enforce_gate(gate: Int8Gate, path: str | Path, plan: dict | None = None) -> None:
+    """Raise Int8GateError (one line) when the file at `path` fails `gate`, naming the layers the precision
+    plan kept float without saving it and the most sensitive ones."""
+    if gate(path):
+        return
+    text = f"int8 loses {gate.drop(path):.2f} accuracy points (> --max-drop {gate.max_drop})"
+    if plan and plan.get("probed"):
+        kept = ", ".join(plan.get("modules") or plan["tried"]) or "none that helped"
+        worst = ", ".join(f"{k} +{v:.1%}" for k, v in list(plan["sensitivity"].items())[:5]) or "none"
+        text += (f"; the precision plan could not save it: float layers tried {kept} (cap {plan['cap']} of "
+                 f"{plan['probed']} probed; agreement gained kept alone float: {worst})")
+    raise Int8GateError(text + "; keep more early layers in float (--boundary N), train longer (a briefly trained "
+                        "model's small margins flip under int8 rounding), or fine-tune with the rounding simulated: "
+                        "rubik train --model M --data D --init RUN_DIR --qat --epochs 2 --lr 2e-4")

@@ -1,0 +1,123 @@
+"""Precision plan: the few layers that stay float so that an int8 file passes its gate, found by sensitivity.
+
+Runtime-agnostic: the core (`find_plan`) sees a runtime only through three callables,
+
+- `quantize(keep_float: frozenset[str]) -> file`: the int8 file with those layers left float
+  (ONNX Runtime: node names excluded from `quantize_static`; ExecuTorch: dotted module names the
+  XNNPACK quantizer leaves alone), every file made from one shared calibration where the runtime allows;
+- `agreement(file) -> float`: top-1 agreement with fp32 on *selection* images (neither the calibration
+  images nor the images the gate checks on);
+- `passes(file) -> bool`: the gate (`rubik export`'s held-out check with `--max-drop`).
+
+Sensitivity is measured leave-one-out: for each probed layer, the agreement gained when that layer alone
+stays float and everything else is int8. This is exactly what keeping the layer float buys in the file
+the plan starts from (a layer's error measured in the company of every other layer's, not alone on a
+clean fp32 model), it costs what a quantize-one-layer probe costs (one file and one pass over the selection
+images per layer), it needs no list of every quantizable operator (the ExecuTorch quantizer works by
+module, not by node), and the plan's first step reuses the best probe's file.
+
+The plan: if the all-int8 file passes, nothing is probed and nothing stays float. Otherwise the layers
+whose probe gained agreement are added greedily, most sensitive first; a layer is kept only if it raises
+the agreement of the plan so far, and the search stops as soon as the gate passes, or at the cap
+(`MAX_FLOAT_FRACTION` of the probed layers, at least one). Probes are capped too (`MAX_PROBES`: evenly
+spaced over the candidates when there are more), so a deep model costs at most that many files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+MAX_PROBES = 96  # leave-one-out files at most: each is one quantized file and one pass over the selection images
+MAX_FLOAT_FRACTION = 0.10  # the plan keeps at most this fraction of the probed layers float (at least one)
+
+
+@dataclass
+class PrecisionPlan:
+    """What `find_plan` found: the layers kept float (most sensitive first) and what they bought."""
+
+    keep_float: list[str]
+    passed: bool  # the gate passes with `keep_float` float (True when the all-int8 file already passed)
+    agreement_before: float | None  # the all-int8 file, on the selection images (None: not measured)
+    agreement_after: float | None  # the planned file
+    sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> agreement gained kept alone float
+    probed: int = 0
+    cap: int = 0
+    file: object = None  # the planned file (the all-int8 one when the plan is empty or failed)
+
+    @property
+    def sensitive(self) -> list[str]:
+        """The probed layers whose float copy gained agreement, most sensitive first."""
+        return [k for k, v in sorted(self.sensitivity.items(), key=lambda kv: -kv[1]) if v > 0]
+
+    def as_dict(self, top: int = 10) -> dict:
+        """JSON-able summary (the `top` most sensitive layers only), for a file's metadata."""
+        return {"keep_float": self.keep_float if self.passed else [], "tried": [] if self.passed else self.keep_float,
+                "passed": self.passed, "agreement_before": self.agreement_before,
+                "agreement_after": self.agreement_after, "probed": self.probed, "cap": self.cap,
+                "sensitivity": {k: round(self.sensitivity[k], 4) for k in self.sensitive[:top]}}
+
+    def describe(self, names: Callable[[str], str] = str) -> str:
+        """One line for the user; `names` maps a layer to what the user knows it by."""
+        if not self.probed:
+            return "int8 passes as it is: no layer kept float"
+        gained = ", ".join(f"{names(k)} (+{self.sensitivity[k]:.1%})" for k in self.keep_float)
+        before, after = f"{self.agreement_before:.1%}", f"{self.agreement_after:.1%}"
+        if self.passed:
+            return (f"precision plan: {len(self.keep_float)} of {self.probed} probed layers kept float: {gained}; "
+                    f"top-1 agreement with fp32 on the selection images {before} -> {after}")
+        return (f"precision plan failed: with {gained or 'no layer'} kept float (cap {self.cap} of {self.probed} "
+                f"probed layers) the gate still fails; selection agreement {before} -> {after}")
+
+
+def probe_layers(layers: Sequence[str], max_probes: int = MAX_PROBES) -> list[str]:
+    """The layers to probe: all of them, or `max_probes` spread evenly over them (first and last included)."""
+    layers = list(dict.fromkeys(layers))
+    if len(layers) <= max_probes:
+        return layers
+    step = (len(layers) - 1) / (max_probes - 1)
+    return [layers[round(i * step)] for i in range(max_probes)]
+
+
+def sensitivity(quantize: Callable[[frozenset[str]], object], agreement: Callable[[object], float],
+                layers: Sequence[str], base: float, log=print) -> dict[str, float]:
+    """Leave-one-out: agreement(`layer` alone float) - `base` (the all-int8 agreement), for each layer."""
+    gains = {}
+    for i, layer in enumerate(layers):
+        gains[layer] = agreement(quantize(frozenset([layer]))) - base
+        if (i + 1) % 16 == 0:
+            log(f"precision plan: probed {i + 1} of {len(layers)} layers")
+    return gains
+
+
+def find_plan(quantize: Callable[[frozenset[str]], object], agreement: Callable[[object], float],
+              passes: Callable[[object], bool], layers: Sequence[str], *, max_probes: int = MAX_PROBES,
+              max_float: int | None = None, log=print) -> PrecisionPlan:
+    """The fewest of `layers` to keep float so that `passes` holds, most sensitive first (module docstring).
+
+    `quantize(frozenset())` is the all-int8 file; when it passes, the plan is empty and nothing is probed.
+    """
+    base_file = quantize(frozenset())
+    if passes(base_file):
+        return PrecisionPlan([], True, None, None, file=base_file)
+    probed = probe_layers(layers, max_probes)
+    base = agreement(base_file)
+    cap = max_float if max_float is not None else max(1, math.floor(MAX_FLOAT_FRACTION * len(probed)))
+    plan = PrecisionPlan([], False, base, base, sensitivity(quantize, agreement, probed, base, log),
+                         len(probed), cap, base_file)
+    current, best_file = base, base_file
+    for layer in plan.sensitive:
+        if len(plan.keep_float) >= cap:
+            break
+        trial = quantize(frozenset([*plan.keep_float, layer]))
+        if agreement(trial) <= current:
+            continue  # no better in the company of the layers already float: leave it int8
+        plan.keep_float.append(layer)
+        current, best_file = agreement(trial), trial
+        if passes(trial):
+            plan.passed = True
+            break
+    plan.agreement_after = current
+    plan.file = best_file if plan.passed else base_file
+    return plan
