@@ -360,3 +360,22 @@ def test_calibration_survives_a_tensor_with_a_degenerate_range(tmp_path, image_f
                                select_images=data.images[12:], log=lambda s: None)
         assert config.calibration in ("percentile", "minmax")
         assert check_int8(fp32, out, data.subset(list(range(12, 24)))).n == 12
+
+
+def test_cli_int8_gate_failure_names_the_plan_in_one_line(tmp_path, run_dir, image_folder, capsys, monkeypatch):
+    # --max-drop -5: no file can pass (it would have to gain 5 points), so the precision plan probes the
+    # layers after the boundary, cannot save the file, and the one-line error says so
+    import onnx
+
+    import rubik.deploy.precision_plan as pp
+
+    monkeypatch.setattr(pp, "MAX_PROBES", 6)  # six leave-one-out files, spread over the layers: enough here
+    out = tmp_path / "m.onnx"
+    code, stdout, err = run_cli(["export", "--weights", str(run_dir), "-o", str(out), "--int8", "--calib",
+                                 str(image_folder), "--calib-n", "12", "--eval-n", "12", "--boundary", "all",
+                                 "--calib-method", "minmax", "--max-drop", "-5"], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "> --max-drop -5.0" in err and "the precision plan could not save it" in err and "cap " in err
+    assert "precision plan failed" in stdout
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["rubik.int8"])
+    assert meta["plan"]["passed"] is False and meta["plan"]["probed"] == 6 and meta["plan"]["keep_float"] == []

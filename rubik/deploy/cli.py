@@ -97,32 +97,31 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     from ..image_folder import DEFAULT_HOLDOUT
     from .images import open_images, sample
-    from .quantize import check_int8, quantize_int8
+    from .quantize import Int8Gate, enforce_gate
 
     holdout = getattr(model, "holdout", DEFAULT_HOLDOUT)  # a run's split of a folder without val/
     calib = open_images(args.calib, "train", holdout)
     calib_idx = sample(calib, args.calib_n, seed=0)
+    held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n, holdout)
+    gate = Int8Gate(fp32_path, held, getattr(model, "classes", None), args.max_drop, args.threads)
+    plan = {}
     if executorch:
         result = export_executorch(model, out, batch=args.batch, resolution=args.resolution,
                                    calib_images=calib.subset(calib_idx).images, calib_n=args.calib_n)
         print(f"{result}; PT2E static int8 (XNNPACK quantizer: per-channel symmetric weights), calibrated on "
               f"{result.calib_images} images; every layer int8")
     else:
-        # The boundary is chosen on other images than the ones the int8 check below reports on.
+        from .quantize import export_int8
+
+        # The boundary and the precision plan are chosen on other images than the ones the gate checks on.
         select = calib.subset(sample(calib, 256, seed=3, exclude=set(calib_idx))).images
-        config = quantize_int8(fp32_path, calib.subset(calib_idx).images, out, calib_n=args.calib_n,
-                               boundary=args.boundary, method=args.calib_method, threads=args.threads,
-                               select_images=select)
-        print(f"wrote {out} (int8 {config.format} U8S8 per-channel, {config.calibration} calibration on "
-              f"{config.calib_images} images; first {config.float_nodes} of {config.nodes} nodes kept float)")
-    held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n, holdout)
-    result = check_int8(fp32_path, out, held, getattr(model, "classes", None), threads=args.threads)
-    print(result)
-    if result.accuracy_delta is not None and -100 * result.accuracy_delta > args.max_drop:
-        raise RubikError(f"int8 loses {-100 * result.accuracy_delta:.2f} accuracy points (> --max-drop "
-                         f"{args.max_drop}); keep more early layers in float (--boundary N), train longer (a "
-                         "briefly trained model's small margins flip under int8 rounding), or fine-tune with the "
-                         "rounding simulated: rubik train --model M --data D --init RUN_DIR --qat --epochs 2 --lr 2e-4")
+        config, _ = export_int8(fp32_path, calib.subset(calib_idx).images, out, gate, select_images=select,
+                                calib_n=args.calib_n, boundary=args.boundary, method=args.calib_method,
+                                threads=args.threads)
+        print(config.describe(out))
+        plan = config.plan
+    print(gate.check(out))
+    enforce_gate(gate, out, plan)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

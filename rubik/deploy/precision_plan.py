@@ -71,9 +71,11 @@ class PrecisionPlan:
                 f"probed layers) the gate still fails; selection agreement {before} -> {after}")
 
 
-def probe_layers(layers: Sequence[str], max_probes: int = MAX_PROBES) -> list[str]:
-    """The layers to probe: all of them, or `max_probes` spread evenly over them (first and last included)."""
+def probe_layers(layers: Sequence[str], max_probes: int | None = None) -> list[str]:
+    """The layers to probe: all of them, or `max_probes` (default MAX_PROBES) spread evenly over them (first and
+    last included)."""
     layers = list(dict.fromkeys(layers))
+    max_probes = max_probes or MAX_PROBES
     if len(layers) <= max_probes:
         return layers
     step = (len(layers) - 1) / (max_probes - 1)
@@ -92,7 +94,7 @@ def sensitivity(quantize: Callable[[frozenset[str]], object], agreement: Callabl
 
 
 def find_plan(quantize: Callable[[frozenset[str]], object], agreement: Callable[[object], float],
-              passes: Callable[[object], bool], layers: Sequence[str], *, max_probes: int = MAX_PROBES,
+              passes: Callable[[object], bool], layers: Sequence[str], *, max_probes: int | None = None,
               max_float: int | None = None, log=print) -> PrecisionPlan:
     """The fewest of `layers` to keep float so that `passes` holds, most sensitive first (module docstring).
 

@@ -94,6 +94,14 @@ class QuantConfig:
     # agreement before/after, sensitivity of the most sensitive layers, and median ms of fp32/int8/plan.
     plan: dict = field(default_factory=dict)
 
+    def describe(self, path: str | Path) -> str:
+        """What `rubik export --int8` prints about the written file."""
+        kept = self.plan.get("modules") if self.plan.get("passed") else None
+        return (f"wrote {path} (int8 {self.format} U8S8 per-channel, {self.calibration} calibration on "
+                f"{self.calib_images} images; first {self.float_nodes} of {self.nodes} nodes kept float"
+                + (f", and {len(kept)} layer(s) after them by the precision plan: {', '.join(kept)}" if kept else "")
+                + ")")
+
 
 class CalibrationError(RubikError):
     """Calibration that cannot run: no images, or images the model cannot take."""
