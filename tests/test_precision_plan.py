@@ -1,6 +1,7 @@
 """The int8 precision plan: layer sensitivity on selection images, the fewest layers kept float to pass the gate."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -144,3 +145,40 @@ def test_find_plan_core_is_runtime_agnostic():
     empty = find_plan(lambda keep: keep, agreement, lambda f: True, list(hurt), log=lambda s: None)
     assert empty.keep_float == [] and empty.probed == 0 and empty.passed
     assert probe_layers([str(i) for i in range(10)], 4) == ["0", "3", "6", "9"]
+
+
+def test_executorch_hook_passes_keep_float_and_records_the_plan(tmp_path, monkeypatch):
+    """The .pte hook on a stand-in runtime: export_executorch, agreement and timing faked; the plan must reach
+    export_executorch as module names (named_modules) and land in the sidecar's metadata."""
+    from types import SimpleNamespace
+
+    import rubik.deploy.executorch as et
+    import rubik.deploy.quantize as q
+    import rubik.deploy.runtime as rt
+    from rubik.deploy.precision_plan import META_PLAN, executorch_layers, export_executorch_planned
+
+    calls = []
+
+    def export_executorch(model, path, *, keep_float=(), extra_meta=None, **options):
+        calls.append((list(keep_float), extra_meta))
+        Path(path).write_text(",".join(keep_float))  # the "file" says which modules stayed float
+        return SimpleNamespace(path=Path(path))
+
+    def agreement_of(path):  # quantizing module b costs 60 % agreement, anything else nothing
+        return 1.0 if "b" in Path(path).read_text().split(",") else 0.4
+
+    monkeypatch.setattr(et, "export_executorch", export_executorch)
+    monkeypatch.setattr(q, "Agreement", lambda *a: agreement_of)
+    monkeypatch.setattr(rt, "open_model", lambda path, threads=1: SimpleNamespace(run=lambda x: x))
+    fp32 = tmp_path / "m.fp32.pte"
+    fp32.write_text("")
+    rt.sidecar_path(fp32).write_text(json.dumps({rt.META_PREPROCESS: Preprocess(RES).to_json()}))
+    net = make_net(fragile=False)
+    assert executorch_layers(net) == ["stem", "a", "b", "c", "fc"]
+    result, plan = export_executorch_planned(net, tmp_path / "m.pte", fp32, lambda p: agreement_of(p) > 0.9,
+                                             calib_images=colour_images(4, 0), select_images=colour_images(4, 1),
+                                             log=lambda s: None)
+    assert plan["keep_float"] == ["b"] and plan["passed"] and set(plan["ms"]) == {"fp32", "int8", "plan"}
+    assert result.path == tmp_path / "m.pte" and calls[-1][0] == ["b"]  # the written file keeps b float
+    assert json.loads(calls[-1][1][META_PLAN])["keep_float"] == ["b"]
+    assert sorted(k for k, _ in calls[1:6]) == [["a"], ["b"], ["c"], ["fc"], ["stem"]]  # one probe per module

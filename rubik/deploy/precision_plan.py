@@ -123,3 +123,61 @@ def find_plan(quantize: Callable[[frozenset[str]], object], agreement: Callable[
     plan.agreement_after = current
     plan.file = best_file if plan.passed else base_file
     return plan
+
+
+# --- ExecuTorch (.pte): the hook `rubik export --format executorch --int8` will call --------------------------
+
+META_PLAN = "rubik.precision_plan"  # JSON in a .pte's sidecar: the plan (`PrecisionPlan.as_dict`) and its ms
+PTE_MAX_PROBES = 24  # each .pte probe is a whole PT2E calibration and XNNPACK lowering, not a graph rewrite
+
+
+def executorch_layers(model) -> list[str]:
+    """The dotted names (`named_modules`) of the deployed network's convolutions and linear layers: what the
+    XNNPACK quantizer's per-module config can leave float."""
+    from torch import nn
+
+    from ..profile import deployed
+
+    return [name for name, m in deployed(model).named_modules() if name and isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def export_executorch_planned(model, path, fp32_path, gate: Callable[[object], bool], *, calib_images: list,
+                              select_images: list, calib_n: int = 256, batch: int = 1, resolution: int | None = None,
+                              threads: int = 1, log=print):
+    """`export_executorch(..., keep_float=...)` with the precision plan: the int8 .pte at `path`, with the
+    fewest modules float that make it pass `gate` (the held-out check), ranked leave-one-out by top-1 agreement
+    with the fp32 .pte at `fp32_path` on `select_images`. Returns (ExecuTorchExport, the plan's summary, {} when
+    the all-int8 file passed). Needs `keep_float` in `executorch.export_executorch`."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from ..timing import median_ms
+    from .executorch import export_executorch
+    from .quantize import Agreement
+    from .runtime import META_PREPROCESS, Preprocess, open_model, sidecar_path
+
+    options = dict(batch=batch, resolution=resolution, calib_images=calib_images, calib_n=calib_n)
+    with tempfile.TemporaryDirectory(prefix="rubik-pte-plan-") as tmp:
+        files: dict[frozenset[str], Path] = {}
+
+        def quantize(keep: frozenset[str]) -> Path:
+            if keep not in files:
+                files[keep] = export_executorch(model, Path(tmp) / f"int8_{len(files)}.pte", keep_float=sorted(keep),
+                                                **options).path
+            return files[keep]
+
+        plan = find_plan(quantize, Agreement(Path(fp32_path), select_images, threads), gate,
+                         executorch_layers(model), max_probes=PTE_MAX_PROBES, log=log)
+        summary = plan.as_dict() if plan.probed else {}
+        if plan.passed and plan.keep_float:
+            meta = json.loads(sidecar_path(fp32_path).read_text())
+            x = Preprocess.from_json(meta[META_PREPROCESS])(select_images[:batch])
+            runs = {k: open_model(p, threads) for k, p in
+                    {"fp32": fp32_path, "int8": files[frozenset()], "plan": plan.file}.items()}
+            summary["ms"] = median_ms({k: (lambda m=m: m.run(x)) for k, m in runs.items()}, runs=30, warmup=5)
+        if summary:
+            log(plan.describe() + (f"; median ms {summary['ms']}" if "ms" in summary else ""))
+        result = export_executorch(model, path, keep_float=summary.get("keep_float", []),
+                                   extra_meta={META_PLAN: json.dumps(summary)} if summary else None, **options)
+    return result, summary
