@@ -174,7 +174,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", help="held-out images for the int8 check (default: the test/ or val/ split of "
                    "--calib, else calibration-folder images not used for calibration)")
     p.add_argument("--eval-n", type=int, default=1000, help="held-out images to check int8 on (default 1000)")
-    p.add_argument("--max-drop", type=float, default=1.0, help="fail when int8 loses more accuracy points")
+    p.add_argument("--max-drop", type=float, default=1.0, help="fail when int8 loses more accuracy points "
+                   "(first the precision plan keeps the layers that cost the most float, up to 10 %% of them)")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_export)
 
