@@ -170,3 +170,111 @@ def test_detector_core_exports_with_every_output(tmp_path):
     for g, r in zip(got, ref, strict=True):
         assert g.shape == r.shape and np.allclose(g, r, atol=1e-4 + 1e-3 * np.abs(r).max())
     assert json.loads(json.loads(sidecar_path(result.path).read_text())["rubik.outputs"]) == OUTPUT_NAMES
+
+
+# ---- int8 activations (rubik/deploy/xnnpack_int8.py) ----------------------------------------------------
+
+
+def _plain_int8_pte(model, x, batches, path):
+    """ExecuTorch's out-of-the-box int8: its XNNPACK quantizer and partitioner, nothing of rubik's."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = torch.export.export(model, (x,), strict=False).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(graph, quantizer)
+    for b in batches:
+        prepared(b)
+    program = torch.export.export(convert_pt2e(prepared), (x,), strict=False)
+    path.write_bytes(to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mbconv_int8(tmp_path_factory):
+    """A tiny MBConv model with BatchNorm statistics from real photos, in fp32 and in both int8 .pte files."""
+    from rubik.deploy.bench import realistic_batchnorm
+    from rubik.deploy.export import preprocess_of
+    from rubik.deploy.images import sample_photos
+
+    tmp = tmp_path_factory.mktemp("act")
+    torch.manual_seed(0)
+    model = realistic_batchnorm(rubik.create_model({**TINY, "resolution": 64}, num_classes=10).eval())
+    pre = preprocess_of(model)
+    calib, test = sample_photos(32, seed=1), sample_photos(48, seed=2)
+    ours = export_executorch(model, tmp / "ours.pte", calib_images=calib, calib_n=32)
+    x = torch.from_numpy(pre(calib[:1]))
+    plain = _plain_int8_pte(model, x, [torch.from_numpy(pre([im])) for im in calib], tmp / "plain.pte")
+    return {"model": model, "ours": ours, "plain": plain, "pre": pre, "test": test}
+
+
+def test_mbconv_int8_pte_keeps_no_float_sigmoid_or_silu_in_the_delegate(mbconv_int8):
+    from rubik.deploy.xnnpack_int8 import delegate_ops
+
+    model, ours = mbconv_int8["model"], mbconv_int8["ours"]
+    graph = torch.export.export(model, (torch.randn(1, 3, 64, 64),), strict=False).graph
+    names = [str(n.target) for n in graph.nodes]
+    silus = names.count("aten.silu.default") + names.count("aten.silu_.default")
+    gates = names.count("aten.sigmoid.default")
+    assert silus > 0 and gates > 0
+    assert (ours.activations.silu, ours.activations.gates) == (silus, gates)
+    ops = delegate_ops(ours.path)  # read back out of the written file
+    assert ops.float_compute() == {} and ours.float_inside == {}, ops.float
+    assert ops.int8["XNNSigmoid"] == silus + gates and ops.int8["XNNMultiply"] >= silus + gates
+    assert "int8 activations in XNNPACK" in str(ours) and "float operators inside the delegate: none" in str(ours)
+    meta = json.loads(json.loads(sidecar_path(ours.path).read_text())["rubik.int8"])
+    assert (meta["silu"], meta["gates"], meta["float_inside_delegate"]) == (silus, gates, {})
+    # the same check finds ExecuTorch's default int8 running every sigmoid in float
+    plain = delegate_ops(mbconv_int8["plain"])
+    assert plain.float_compute().get("XNNSigmoid") == silus + gates
+
+
+def test_int8_activations_follow_fp32_on_real_images(mbconv_int8):
+    from rubik.deploy.runtime import ExecuTorchModel
+
+    x = mbconv_int8["pre"](mbconv_int8["test"])
+    with torch.no_grad():
+        ref = mbconv_int8["model"](torch.from_numpy(x)).numpy()
+    ours, plain = ExecuTorchModel(mbconv_int8["ours"].path), ExecuTorchModel(mbconv_int8["plain"])
+    got = np.concatenate([ours.run(x[i:i + 1]) for i in range(len(x))])
+    base = np.concatenate([plain.run(x[i:i + 1]) for i in range(len(x))])
+    err, base_err = np.abs(got - ref).mean(), np.abs(base - ref).mean()
+    # int8 activations add their rounding (1/256 steps for a gate) to the weights' and the convolutions':
+    # on random weights the error stays of the order of ExecuTorch's own int8 with float activations
+    assert err < 1.25 * base_err, (err, base_err)
+    agree, base_agree = (got.argmax(1) == ref.argmax(1)).mean(), (base.argmax(1) == ref.argmax(1)).mean()
+    assert agree >= base_agree - 0.1, (agree, base_agree)
+
+
+def test_hardswish_runs_in_int8_and_keep_float_leaves_a_module_float(tmp_path):
+    from rubik.deploy.images import sample_photos
+    from rubik.deploy.xnnpack_int8 import delegate_ops
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2), torch.nn.Hardswish())
+            self.b = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3), torch.nn.SiLU())
+            self.head = torch.nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.b(self.a(x))).mean((2, 3))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    batches = [torch.from_numpy(np.ascontiguousarray(im[:32, :32].transpose(2, 0, 1)[None], np.float32) / 255)
+               for im in sample_photos(8)]
+    from rubik.deploy.executorch import lower_report
+
+    all_int8 = lower_report(net, batches[0], tmp_path / "a.pte", batches)
+    assert all_int8.activations.hardswish == 1 and all_int8.activations.silu == 1 and all_int8.float_inside == {}
+    assert delegate_ops(all_int8.path).int8["XNNHardswish"] == 1
+    kept = lower_report(net, batches[0], tmp_path / "b.pte", batches, keep_float=["b"])
+    assert kept.activations.silu == 0 and kept.activations.hardswish == 1
+    ops = delegate_ops(kept.path)
+    assert ops.float["XNNConv2d"] == 1 and ops.int8["XNNConv2d"] == 2 and "XNNSigmoid" in ops.float_compute()

@@ -19,8 +19,8 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,10 +30,12 @@ from ..errors import RubikError
 from ..profile import deployed
 from .export import preprocess_of
 from .metadata import entries, write_sidecar
+from .xnnpack_int8 import ActivationCounts, delegate_ops, make_quantizer, partitioner
 
 META_OUTSIDE = "rubik.outside_delegate"  # JSON list of operators XNNPACK did not take (run by portable kernels)
 META_INPUT_SHAPE = "rubik.input_shape"  # JSON: the static input shape of a .pte
 META_OUTPUTS = "rubik.outputs"  # JSON list of output names
+META_INT8 = "rubik.int8"  # JSON: the int8 activations, float operators inside the delegate, modules kept float
 DELEGATE_OPS = ("executorch_call_delegate", "getitem")  # what a fully delegated graph's top level calls
 
 
@@ -47,11 +49,23 @@ class ExecuTorchExport:
     precision: str
     outside: list[str] = field(default_factory=list)  # operators left to portable kernels
     calib_images: int = 0
+    activations: ActivationCounts | None = None  # int8: SiLUs, sigmoid gates and hard-swishes made int8
+    float_inside: dict[str, int] = field(default_factory=dict)  # int8: float operators inside the delegate
+    keep_float: list[str] = field(default_factory=list)  # int8: modules left float on purpose
 
     def __str__(self) -> str:
         where = "one XNNPACK-delegated graph" if not self.outside else \
             f"XNNPACK, with {len(self.outside)} operator(s) outside the delegate: {', '.join(self.outside)}"
-        return f"wrote {self.path} (ExecuTorch {self.precision}, {where})"
+        return f"wrote {self.path} (ExecuTorch {self.precision}, {where})" + self.activation_report()
+
+    def activation_report(self) -> str:
+        if self.activations is None:
+            return ""
+        a = self.activations
+        floats = ", ".join(f"{op.removeprefix('XNN')} x{n}" for op, n in self.float_inside.items()) or "none"
+        kept = f"; kept float on purpose: {', '.join(self.keep_float)}" if self.keep_float else ""
+        return (f"\n  int8 activations in XNNPACK: {a.silu} SiLU, {a.gates} sigmoid gate(s) and their multiplies, "
+                f"{a.hardswish} hard-swish; float operators inside the delegate: {floats}{kept}")
 
 
 def _available() -> None:
@@ -89,16 +103,15 @@ def _outside_delegate(edge) -> list[str]:
     return sorted({op for op in ops if not op.startswith(DELEGATE_OPS)})
 
 
-def quantize_pt2e(module: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor]) -> nn.Module:
-    """PT2E static int8 with ExecuTorch's XNNPACK quantizer, observers calibrated on `batches`."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+def quantize_pt2e(module: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor],
+                  keep_float: Collection[str] = ()) -> tuple[nn.Module, ActivationCounts]:
+    """PT2E static int8 with ExecuTorch's XNNPACK quantizer and rubik's int8 activations
+    (`xnnpack_int8`), observers calibrated on `batches`; the modules named in `keep_float` stay float.
+    Returns the quantized module and the activations it quantized."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     graph = torch.export.export(module, (example,), strict=False).module()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer, activations = make_quantizer(keep_float)
     prepared = prepare_pt2e(graph, quantizer)
     n = 0
     with torch.no_grad():
@@ -107,25 +120,43 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, batches: Iterable[to
             n += 1
     if not n:
         raise ExecuTorchError("no calibration images for int8: pass --calib DIR or 'digits'")
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared), activations.counts
+
+
+@dataclass
+class Lowered:
+    path: Path
+    outside: list[str]  # operators left to portable kernels
+    activations: ActivationCounts | None = None  # int8 only: what the activation quantizer took
+    float_inside: dict[str, int] = field(default_factory=dict)  # int8 only: float operators inside the delegate
 
 
 def lower(module: nn.Module, example: torch.Tensor, path: str | Path,
-          calib_batches: Iterable[torch.Tensor] | None = None) -> tuple[Path, list[str]]:
-    """Export `module` at `example`'s (static) shape, quantize it when `calib_batches` is given, lower it to
-    XNNPACK and write the .pte (atomically). Returns the path and the operators left outside the delegate."""
+          calib_batches: Iterable[torch.Tensor] | None = None,
+          keep_float: Collection[str] = ()) -> tuple[Path, list[str]]:
+    """Export `module` at `example`'s (static) shape, quantize it when `calib_batches` is given (but the
+    modules in `keep_float`), lower it to XNNPACK and write the .pte (atomically). Returns the path and the
+    operators left outside the delegate."""
+    lowered = lower_report(module, example, path, calib_batches, keep_float)
+    return lowered.path, lowered.outside
+
+
+def lower_report(module: nn.Module, example: torch.Tensor, path: str | Path,
+                 calib_batches: Iterable[torch.Tensor] | None = None,
+                 keep_float: Collection[str] = ()) -> Lowered:
+    """`lower`, returning also what int8 did to the activations and which operators stayed float."""
     _available()
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     path = Path(path)
     module = module.eval()
+    activations = None
     with _quiet():
         try:
             if calib_batches is not None:
-                module = quantize_pt2e(module, example, calib_batches)
+                module, activations = quantize_pt2e(module, example, calib_batches, keep_float)
             program = torch.export.export(module, (example,), strict=False)
-            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            edge = to_edge_transform_and_lower(program, partitioner=[partitioner()])
             outside = _outside_delegate(edge)
             buffer = edge.to_executorch().buffer
         except ExecuTorchError:
@@ -137,18 +168,21 @@ def lower(module: nn.Module, example: torch.Tensor, path: str | Path,
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buffer)
     tmp.replace(path)
-    return path, outside
+    float_inside = delegate_ops(path).float_compute() if activations is not None else {}
+    return Lowered(path, outside, activations, float_inside)
 
 
 def export_executorch(model: nn.Module, path: str | Path, *, batch: int = 1, resolution: int | None = None,
                       calib_images: list | None = None, calib_n: int = 256, classes: list[str] | None = None,
                       core: nn.Module | None = None, outputs: tuple[str, ...] = ("logits",),
-                      extra_meta: dict[str, str] | None = None, preprocess=None) -> ExecuTorchExport:
+                      extra_meta: dict[str, str] | None = None, preprocess=None,
+                      keep_float: Collection[str] = ()) -> ExecuTorchExport:
     """Write `model` as an XNNPACK-delegated .pte (int8 when `calib_images` are given) and its metadata beside it.
 
     `core`: the module to lower when it is not `model` itself (a detector's backbone and head; `model`
     still supplies the spec), with `outputs` naming its outputs and `extra_meta` (e.g. a detector's default
-    boxes) travelling in the same JSON; `preprocess` overrides the model's own (`export.preprocess_of`).
+    boxes) travelling in the same JSON; `preprocess` overrides the model's own (`export.preprocess_of`);
+    `keep_float`: module names (of the lowered module) that int8 leaves float (a precision plan).
     """
     pre = preprocess or preprocess_of(model, resolution)
     example = torch.randn(batch, 3, pre.resolution, pre.resolution)
@@ -159,11 +193,16 @@ def export_executorch(model: nn.Module, path: str | Path, *, batch: int = 1, res
         if len(images) < batch:
             raise ExecuTorchError(f"{len(images)} calibration image(s) for a fixed batch of {batch}")
         batches = (torch.from_numpy(pre(images[i:i + batch])) for i in range(0, len(images) - batch + 1, batch))
-    path, outside = lower(module, example, path, batches)
+    lowered = lower_report(module, example, path, batches, keep_float)
     precision = "int8" if calib_images is not None else "fp32"
     meta = entries(model, pre, precision, classes, **{META_INPUT_SHAPE: json.dumps(list(example.shape)),
                                                       META_OUTPUTS: json.dumps(list(outputs)),
-                                                      META_OUTSIDE: json.dumps(outside)})
+                                                      META_OUTSIDE: json.dumps(lowered.outside)})
+    if lowered.activations is not None:
+        meta[META_INT8] = json.dumps({**asdict(lowered.activations), "float_inside_delegate": lowered.float_inside,
+                                      "keep_float": list(keep_float)})
     meta.update(extra_meta or {})
-    write_sidecar(path, meta)
-    return ExecuTorchExport(path, precision, outside, len(calib_images[:calib_n]) if calib_images else 0)
+    write_sidecar(lowered.path, meta)
+    return ExecuTorchExport(lowered.path, precision, lowered.outside,
+                            len(calib_images[:calib_n]) if calib_images else 0, lowered.activations,
+                            lowered.float_inside, list(keep_float))
