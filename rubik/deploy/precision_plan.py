@@ -175,9 +175,11 @@ def export_executorch_planned(model, path, fp32_path, gate: Callable[[object], b
             x = Preprocess.from_json(meta[META_PREPROCESS])(select_images[:batch])
             runs = {k: open_model(p, threads) for k, p in
                     {"fp32": fp32_path, "int8": files[frozenset()], "plan": plan.file}.items()}
-            summary["ms"] = median_ms({k: (lambda m=m: m.run(x)) for k, m in runs.items()}, runs=30, warmup=5)
+            ms = median_ms({k: (lambda m=m: m.run(x)) for k, m in runs.items()}, runs=30, warmup=5)
+            summary["ms"] = {k: round(v, 4) for k, v in ms.items()}
         if summary:
-            log(plan.describe() + (f"; median ms {summary['ms']}" if "ms" in summary else ""))
+            cost = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("ms", {}).items())
+            log(plan.describe() + (f"; median ms {cost}" if cost else ""))
         result = export_executorch(model, path, keep_float=summary.get("keep_float", []),
                                    extra_meta={META_PLAN: json.dumps(summary)} if summary else None, **options)
     return result, summary
