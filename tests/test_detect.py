@@ -333,6 +333,31 @@ def test_from_scratch_backbone_gets_torchvisions_ssdlite_init(name):
     assert depthwise.weight.std().item() < 0.06  # the classification init gives a 3x3 depthwise kernel std 0.47
 
 
+def test_extra_layers_are_torchvisions_ssdlite_extra_blocks():
+    """rubik's own extra_block/normal_init build what torchvision's private SSDLite helpers build (the oracle
+    here): same keys and shapes, the same numbers drawn from the same seed, the same outputs."""
+    from functools import partial
+
+    ssdlite = pytest.importorskip("torchvision.models.detection.ssdlite")
+    if not hasattr(ssdlite, "_extra_block"):
+        pytest.skip("this torchvision has no private _extra_block to compare with")
+    from rubik.detect.model import SSDLITE_NORM, extra_block, normal_init
+
+    norm = partial(torch.nn.BatchNorm2d, **SSDLITE_NORM)
+    torch.manual_seed(0)
+    ours = torch.nn.ModuleList([extra_block(40, 512, norm), extra_block(512, 256, norm)])
+    normal_init(ours)
+    torch.manual_seed(0)
+    theirs = torch.nn.ModuleList([ssdlite._extra_block(40, 512, norm), ssdlite._extra_block(512, 256, norm)])
+    ssdlite._normal_init(theirs)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(2, 40, 9, 9)
+    ours.train(), theirs.train()
+    assert torch.equal(ours[1](ours[0](x)), theirs[1](theirs[0](x)))  # stride 2 twice: 9 -> 5 -> 3
+    assert ours[0](x).shape == (2, 512, 5, 5)
+
+
 def _trained_like(det: torch.nn.Module) -> torch.nn.Module:
     """Running statistics and affine terms a trained model would have: BatchNorm folding must carry them."""
     g = torch.Generator().manual_seed(1)

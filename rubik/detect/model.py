@@ -1,9 +1,10 @@
 """SSDLite detectors on rubik backbones, built from torchvision's detection API.
 
 torchvision supplies everything detection-specific: `SSD` (matching, hard-negative mining, losses,
-box coding, NMS), `SSDLiteHead`, `DefaultBoxGenerator` and the SSDLite extra layers. rubik supplies
-the backbone: the feature maps at stride 16 and stride 32 of any MBConv or GhostNet model (named,
-a JSON spec, or a twisted model), followed by four extra layers, as `ssdlite320_mobilenet_v3_large` does.
+box coding, NMS), `SSDLiteHead` and `DefaultBoxGenerator`. rubik supplies the backbone: the feature
+maps at stride 16 and stride 32 of any MBConv or GhostNet model (named, a JSON spec, or a twisted
+model), followed by four extra layers built as `ssdlite320_mobilenet_v3_large` builds its own
+(`extra_block`, `normal_init`: rubik's copies of torchvision's private helpers, same modules and init).
 
 A detector is named (`ssdlite_ghostnet_100`, ...; see DETECTORS), or written as `ssdlite:BACKBONE`
 where BACKBONE is any rubik model name or JSON spec file (`ssdlite:tiny35.json`), or given as a JSON
@@ -15,6 +16,7 @@ file / dict with a "detector" field:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -272,18 +274,37 @@ def _expansion_stage(net: nn.Module, stage: str) -> bool:
     return isinstance(module, nn.Sequential) and len(module) > 0 and hasattr(module[0], "expand")
 
 
+def extra_block(in_ch: int, out_ch: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
+    """One SSDLite extra layer, as torchvision's: 1x1 to out/2, 3x3 depthwise stride 2, 1x1 to out; each
+    convolution (no bias) + `norm` + ReLU6 (keys `0.0.weight`, `0.1.running_mean`, ... as torchvision's)."""
+    from torchvision.ops import Conv2dNormActivation
+
+    mid = out_ch // 2
+    return nn.Sequential(
+        Conv2dNormActivation(in_ch, mid, kernel_size=1, norm_layer=norm, activation_layer=nn.ReLU6),
+        Conv2dNormActivation(mid, mid, kernel_size=3, stride=2, groups=mid, norm_layer=norm, activation_layer=nn.ReLU6),
+        Conv2dNormActivation(mid, out_ch, kernel_size=1, norm_layer=norm, activation_layer=nn.ReLU6))
+
+
+def normal_init(module: nn.Module) -> None:
+    """torchvision's SSDLite init: every convolution's weights N(0, 0.03), its bias (if any) zero."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, mean=0.0, std=0.03)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class SSDLiteFeatures(nn.Module):
     """Backbone taps plus torchvision's SSDLite extra layers; the dict of feature maps torchvision's SSD wants."""
 
     def __init__(self, body: nn.Module, in_channels: list[int], extra_channels: tuple[int, ...]):
         super().__init__()
-        from torchvision.models.detection.ssdlite import _extra_block, _normal_init
-
         norm = partial(nn.BatchNorm2d, **SSDLITE_NORM)
         self.body = body
         chans = [in_channels[-1], *extra_channels]
-        self.extra = nn.ModuleList(_extra_block(a, b, norm) for a, b in zip(chans[:-1], chans[1:], strict=True))
-        _normal_init(self.extra)
+        self.extra = nn.ModuleList(extra_block(a, b, norm) for a, b in zip(chans[:-1], chans[1:], strict=True))
+        normal_init(self.extra)
         self.out_channels = [*in_channels, *extra_channels]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -313,9 +334,7 @@ def from_scratch_init(net: nn.Module) -> None:
     reached 1.1 mAP where torchvision's builder reached 13.3 under the same 8-epoch recipe
     (benchmarks/detect.py, README's Detection section).
     """
-    from torchvision.models.detection.ssdlite import _normal_init
-
-    _normal_init(net)
+    normal_init(net)
 
 
 def build_backbone_net(spec: DetectorSpec, pretrained: bool = False, weights: str | Path | None = None,
