@@ -16,7 +16,16 @@ import torch
 from torch import nn
 
 from .family import Family, FeatureTap, strided_taps
-from .layers import Residual, SqueezeExcite, conv_bn, drop_connect, make_divisible, out_size
+from .layers import (
+    ClassifierNet,
+    Residual,
+    SqueezeExcite,
+    conv_bn,
+    drop_connect,
+    init_weights,
+    make_divisible,
+    out_size,
+)
 
 
 @dataclass(frozen=True)
@@ -201,7 +210,7 @@ class InvertedResidual(Residual):
         return self.finish(x, self.expand(x))
 
 
-class MBConvNet(nn.Module):
+class MBConvNet(ClassifierNet):
     """An MBConv network: a base stage table scaled by width and depth multipliers.
 
     Resolution is not a property of the weights; it travels in `model.spec` so that profiling,
@@ -214,7 +223,6 @@ class MBConvNet(nn.Module):
                  act: type[nn.Module] | None = None):
         super().__init__()
         act = act or ACTIVATIONS[rules.act]
-        self.num_classes = num_classes
         self.plan = plan = plan_network(stages, width, depth, rules)
         self.conv_stem, self.bn1 = conv_bn(in_chans, plan.stem, 3, 2)
         self.act = act(inplace=True)
@@ -236,51 +244,13 @@ class MBConvNet(nn.Module):
         self.depths = [len(stage) for stage in plan.stages]
 
         self.conv_head, self.bn2 = conv_bn(plan.stages[-1][-1].out_ch, plan.head, 1)
-        self.num_features = head = plan.head
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(head, num_classes) if num_classes > 0 else nn.Identity()
+        self.add_head(plan.head, num_classes, drop_rate)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn1(self.conv_stem(x)))
         x = self.blocks(x)
         return self.act(self.bn2(self.conv_head(x)))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.pool(x).flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        init_weights(self.classifier)
-
-
-def init_weights(module: nn.Module) -> None:
-    """He-normal (fan-out) convolutions and unit BatchNorm as the official code; the classifier uniform in
-    +-1/sqrt(in_features), PyTorch's own Linear bound.
-
-    Why not the official +-1/sqrt(classes): for 1000 classes the two are within 12 %, but a 10-class
-    head starts with logits ~10x too large (loss 3.9 where ln 10 = 2.3), and a twisted B0 trained on
-    digits sat at chance for 3 epochs and ended at 95-96 % instead of 99.4-99.7 % (two seeds).
-    """
-    if any(p.is_meta for p in module.parameters()):
-        return  # a shape-only model (for counting) has no values to initialise
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            bound = 1.0 / math.sqrt(m.in_features)
-            nn.init.uniform_(m.weight, -bound, bound)
-            nn.init.zeros_(m.bias)
 
 
 def _build(spec, num_classes: int = 1000, **kwargs) -> MBConvNet:

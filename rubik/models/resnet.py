@@ -21,8 +21,7 @@ from torch import nn
 
 from ..errors import RubikError
 from .family import Family, FeatureTap
-from .layers import Residual, conv_bn, drop_connect, make_divisible, out_size
-from .mbconv import init_weights
+from .layers import ClassifierNet, Residual, conv_bn, drop_connect, init_weights, make_divisible, out_size
 
 
 @dataclass(frozen=True)
@@ -163,11 +162,13 @@ class Bottleneck(Residual):
         return self.act3(self.drop_path(y) + shortcut)
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierNet):
+    pool_name = "global_pool"  # timm's names
+    classifier_name = "fc"
+
     def __init__(self, width: float = 1.0, depth: float = 1.0, rules: ResNetRules = ResNetRules(),
                  num_classes: int = 1000, drop_rate: float = 0.0, drop_connect_rate: float = 0.0, in_chans: int = 3):
         super().__init__()
-        self.num_classes = num_classes
         self.plan = plan = plan_resnet(width, depth, rules)
         self.conv1, self.bn1 = conv_bn(in_chans, plan.stem, 7, 2)
         self.act1 = nn.ReLU(inplace=True)
@@ -180,10 +181,7 @@ class ResNet(nn.Module):
                 blocks.append(kind(b, drop_connect_rate * index / total))  # deeper blocks dropped more often
                 index += 1
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.num_features = plan.num_features
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.add_head(plan.num_features, num_classes, drop_rate)
         init_weights(self)
         if not any(p.is_meta for p in self.parameters()):
             for m in self.modules():  # each residual branch starts as identity (timm's zero_init_last)
@@ -193,17 +191,6 @@ class ResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.global_pool(x).flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        init_weights(self.fc)
 
 
 def _build(spec, num_classes: int = 1000, **kwargs) -> ResNet:
