@@ -113,3 +113,30 @@ def test_a_non_positive_resolution_is_a_one_line_error(argv, capsys, tmp_path, m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "resolution must be a positive" in err, err
     assert not list(tmp_path.iterdir())  # nothing was written
+
+
+@pytest.mark.parametrize("name", ["tinynet_e", "ghostnet_050", "ghostnetv2_100", "ghostnetv3_050", "resnet18"])
+def test_every_family_shares_the_classifier_head_and_its_reset(name):
+    """The shared head: pool -> [GhostNet's conv_head + ReLU] -> dropout -> classifier under the family's key
+    name; reset_classifier swaps only the classifier (freshly initialised), 0 classes give the pooled features."""
+    torch.manual_seed(0)
+    model = rubik.create_model(name).eval()
+    head = FAMILIES[model.spec.family].classifier[0]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(f"{head}.")}
+        features = model.forward_head(model.forward_features(x))
+        assert torch.equal(model(x), features) and features.shape == (2, 1000)
+        model.reset_classifier(7)
+        fc = getattr(model, head)
+        assert isinstance(fc, torch.nn.Linear) and fc.in_features == model.num_features and model.num_classes == 7
+        bound = model.num_features ** -0.5
+        assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.9 * bound and not fc.bias.any()
+        assert model(x).shape == (2, 7)
+        after = model.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in before.items())  # nothing but the classifier changed
+        model.reset_classifier(0)
+        pooled = model(x)
+    assert pooled.shape == (2, model.num_features) and sorted(model.state_dict()) == sorted(before)
+    if "ghost" in name:  # GhostNet's head: a 1x1 conv (last width -> num_features) and ReLU after pooling
+        assert pooled.min() >= 0 and model.conv_head.in_channels == model.plan.last != model.num_features

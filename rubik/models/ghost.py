@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from .family import Family, FeatureTap
-from .layers import Residual, SqueezeExcite, conv_bn, make_divisible, out_size
-from .mbconv import init_weights
+from .layers import ClassifierNet, Residual, SqueezeExcite, conv_bn, init_weights, make_divisible, out_size
 
 
 @dataclass(frozen=True)
@@ -198,42 +197,45 @@ def ghost_plan_macs(plan: GhostPlan, resolution: int, num_classes: int = 1000, i
     return macs + size * size * in_ch * plan.last + plan.last * plan.head + plan.head * num_classes
 
 
-class GhostNet(nn.Module):
-    def __init__(self, width: float = 1.0, depth: float = 1.0, rules: GhostRules = GhostRules(),
+class GhostNetBase(ClassifierNet):
+    """GhostNet's stem, groups of bottlenecks, last 1x1 ConvBnAct and head: what GhostNet v1, v2 and v3 share.
+
+    A version differs only in its bottlenecks: `make_block(index, b)` builds the one at `index` (counted
+    over the whole network) from its `GhostBlockPlan`; by default a `bottleneck` of the plan's channels.
+    V2 and V3 derive from this class, not from `GhostNet`: rubik.deploy splits every `GhostNet`'s Ghost
+    modules for ONNX export (`deploy.layout`), which knows v1's bottlenecks only.
+    """
+
+    bottleneck: type[nn.Module] = GhostBottleneck
+
+    def __init__(self, width: float = 1.0, depth: float = 1.0, rules: GhostRules | None = None,
                  num_classes: int = 1000, drop_rate: float = 0.2, in_chans: int = 3, groups: tuple = GHOSTNET_GROUPS):
         super().__init__()
-        self.num_classes = num_classes
-        self.plan = plan = plan_ghostnet(width, depth, rules, groups)
-        head_channels = plan.head
+        self.plan = plan = plan_ghostnet(width, depth, rules or GhostRules(), groups)
         self.conv_stem, self.bn1 = conv_bn(in_chans, plan.stem, 3, 2)
         self.act1 = nn.ReLU(inplace=True)
-        stages = [nn.Sequential(*(GhostBottleneck(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch)
-                                  for b in group)) for group in plan.groups]
+        stages, index = [], 0
+        for group in plan.groups:
+            blocks = []
+            for b in group:
+                blocks.append(self.make_block(index, b))
+                index += 1
+            stages.append(nn.Sequential(*blocks))
         stages.append(nn.Sequential(ConvBnAct(plan.groups[-1][-1].out_ch, plan.last)))
         self.blocks = nn.Sequential(*stages)
-
-        self.num_features = head_channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv_head = nn.Conv2d(plan.last, head_channels, 1, bias=True)  # no BatchNorm here, as in the paper
-        self.act2 = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(head_channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.add_head(plan.last, num_classes, drop_rate, conv_head=plan.head)  # conv_head: no BatchNorm, as published
         init_weights(self)
+
+    def make_block(self, index: int, b: GhostBlockPlan) -> nn.Module:
+        """The bottleneck at `index` (over the whole network), planned as `b`."""
+        return self.bottleneck(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.act1(self.bn1(self.conv_stem(x))))
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act2(self.conv_head(self.pool(x)))
-        return self.classifier(self.dropout(x.flatten(1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        init_weights(self.classifier)
+class GhostNet(GhostNetBase):
+    """GhostNet (v1): `GhostBottleneck`s on GhostNetBase."""
 
 
 # The official GhostNet file spells the last ConvBnAct's BatchNorm `bn.`; timm (and rubik) `bn1.`.

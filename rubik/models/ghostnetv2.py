@@ -15,11 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .family import Family
-from .ghost import GHOSTNET_GROUPS, ConvBnAct, GhostModule, GhostPlan, GhostRules, ghost_plan_macs, plan_ghostnet
+from .ghost import (
+    GHOSTNET_GROUPS,
+    GhostBlockPlan,
+    GhostModule,
+    GhostNetBase,
+    GhostPlan,
+    GhostRules,
+    ghost_plan_macs,
+    plan_ghostnet,
+)
 from .ghost import _features as ghost_features
 from .ghost import _key_filter as ghost_key_filter
 from .layers import Residual, SqueezeExcite, conv_bn, out_size
-from .mbconv import init_weights
 
 # Bottlenecks with index >= ATTENTION_FROM (counted over the whole network) gate their expansion
 # Ghost module with DFC attention; the first two, at the highest resolutions, do not (as published).
@@ -123,52 +131,15 @@ def plan_macs(plan: GhostPlan, resolution: int, num_classes: int = 1000, in_chan
     return macs
 
 
-class GhostNetV2(nn.Module):
-    """GhostNet's stem, groups of bottlenecks, last 1x1 ConvBnAct and head, with `bottleneck` blocks."""
+class GhostNetV2(GhostNetBase):
+    """GhostNet's stem, groups of bottlenecks, last 1x1 ConvBnAct and head, with `bottleneck` blocks
+    whose expansion is DFC-gated from index ATTENTION_FROM on."""
 
     bottleneck: type[nn.Module] = GhostBottleneckV2
 
-    def __init__(self, width: float = 1.0, depth: float = 1.0, rules: GhostRules | None = None,
-                 num_classes: int = 1000, drop_rate: float = 0.2, in_chans: int = 3):
-        super().__init__()
-        self.num_classes = num_classes
-        self.plan = plan = plan_ghostnet(width, depth, rules or GhostRules())
-        head_channels = plan.head
-        self.conv_stem, self.bn1 = conv_bn(in_chans, plan.stem, 3, 2)
-        self.act1 = nn.ReLU(inplace=True)
-        stages, index = [], 0
-        for group in plan.groups:
-            blocks = []
-            for b in group:
-                blocks.append(self.bottleneck(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch,
-                                              attention=index >= ATTENTION_FROM))
-                index += 1
-            stages.append(nn.Sequential(*blocks))
-        stages.append(nn.Sequential(ConvBnAct(plan.groups[-1][-1].out_ch, plan.last)))
-        self.blocks = nn.Sequential(*stages)
-
-        self.num_features = head_channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv_head = nn.Conv2d(plan.last, head_channels, 1, bias=True)  # no BatchNorm here, as published
-        self.act2 = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(head_channels, num_classes) if num_classes > 0 else nn.Identity()
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.act1(self.bn1(self.conv_stem(x))))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act2(self.conv_head(self.pool(x)))
-        return self.classifier(self.dropout(x.flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        init_weights(self.classifier)
+    def make_block(self, index: int, b: GhostBlockPlan) -> nn.Module:
+        return self.bottleneck(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch,
+                               attention=index >= ATTENTION_FROM)
 
 
 def _build(spec, num_classes: int = 1000, **kwargs) -> GhostNetV2:
