@@ -304,15 +304,30 @@ def test_calibration_folder_without_images(tmp_path, run_dir, capsys, monkeypatc
     assert code == 2 and "no images found" in err and len(err.strip().splitlines()) == 1
 
 
-def test_bench_rows_and_plot(tmp_path, tiny):
+def test_bench_rows_and_plot(tmp_path, tiny, monkeypatch):
+    import statistics
+
+    import rubik.deploy.bench as bench_module
     from rubik.deploy.bench import bench, format_table, plot
 
+    timed, real = {}, bench_module.time_interleaved
+
+    def recording(fns, **kwargs):  # the real timing loop; the test keeps each backend's samples
+        times = real(fns, **kwargs)
+        timed.update(times)
+        return times
+
+    monkeypatch.setattr(bench_module, "time_interleaved", recording)
     spec = tmp_path / "tiny.json"
     spec.write_text(json.dumps(TINY))
     rows = bench([str(spec)], backends=("eager", "ort-fp32", "ort-int8"), runs=5, warmup=1, calib_n=4,
                  log=lambda s: None)
     assert [r.backend for r in rows] == ["eager", "ort-fp32", "ort-int8"]
-    assert all(r.median_ms > 0 and r.p90_ms >= r.median_ms and r.macs > 0 for r in rows)
+    # Each row summarises its own backend's samples: the median, and numpy's 90th percentile.
+    assert all(len(timed[r.backend]) == 5 for r in rows)
+    assert [r.median_ms for r in rows] == [statistics.median(timed[r.backend]) for r in rows]
+    assert [r.p90_ms for r in rows] == [float(np.percentile(timed[r.backend], 90)) for r in rows]
+    assert len({r.macs for r in rows}) == 1 and rows[0].macs > 0
     table = format_table(rows, peak_gmacs=10.0)
     assert table.count("tiny") == 3
     assert plot(rows, tmp_path / "p.png").stat().st_size > 1000
@@ -363,19 +378,29 @@ def test_calibration_survives_a_tensor_with_a_degenerate_range(tmp_path, image_f
 
 
 def test_cli_int8_gate_failure_names_the_plan_in_one_line(tmp_path, run_dir, image_folder, capsys, monkeypatch):
-    # --max-drop -5: no file can pass (it would have to gain 5 points), so the precision plan probes the
-    # layers after the boundary, cannot save the file, and the one-line error says so
+    # --max-drop 0 on 12 held-out images: the plan runs where int8 flips a labelled answer; the gate is the
+    # test's to set, so a stand-in gate fails every int8 file but passes fp32: the plan probes, cannot save
+    # the file, and the one-line error names what it tried
     import onnx
 
     import rubik.deploy.precision_plan as pp
+    import rubik.deploy.quantize as q
 
     monkeypatch.setattr(pp, "MAX_PROBES", 6)  # six leave-one-out files, spread over the layers: enough here
+    monkeypatch.setattr(q.Int8Gate, "drop", lambda self, path: 0.0 if Path(path).name.endswith("fp32.onnx") else 2.0)
     out = tmp_path / "m.onnx"
     code, stdout, err = run_cli(["export", "--weights", str(run_dir), "-o", str(out), "--int8", "--calib",
                                  str(image_folder), "--calib-n", "12", "--eval-n", "12", "--boundary", "all",
-                                 "--calib-method", "minmax", "--max-drop", "-5"], capsys, monkeypatch)
+                                 "--calib-method", "minmax"], capsys, monkeypatch)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "> --max-drop -5.0" in err and "the precision plan could not save it" in err and "cap " in err
+    assert "int8 loses 2.00 accuracy points (> --max-drop 1.0)" in err
+    assert "the precision plan could not save it" in err and "cap 1 of 6 probed" in err
     assert "precision plan failed" in stdout
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["rubik.int8"])
     assert meta["plan"]["passed"] is False and meta["plan"]["probed"] == 6 and meta["plan"]["keep_float"] == []
+    # a gate no file can pass (int8 asked to gain 5 points): nothing is probed, and the error says why
+    code, stdout, err = run_cli(["export", "--weights", str(run_dir), "-o", str(out), "--int8", "--calib",
+                                 str(image_folder), "--calib-n", "12", "--eval-n", "12", "--boundary", "all",
+                                 "--max-drop", "-5"], capsys, monkeypatch)
+    assert code == 2 and "no precision plan can pass it: the fp32 file itself does not" in err
+    assert "not searched" in stdout and len(err.strip().splitlines()) == 1

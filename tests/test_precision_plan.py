@@ -159,10 +159,11 @@ def test_executorch_hook_passes_keep_float_and_records_the_plan(tmp_path, monkey
 
     calls = []
 
-    def export_executorch(model, path, *, keep_float=(), extra_meta=None, **options):
-        calls.append((list(keep_float), extra_meta))
+    def export_executorch(model, path, *, keep_float=(), **options):
+        calls.append(list(keep_float))
         Path(path).write_text(",".join(keep_float))  # the "file" says which modules stayed float
-        return SimpleNamespace(path=Path(path))
+        rt.sidecar_path(path).write_text(json.dumps({"rubik.precision": "int8"}))
+        return et.ExecuTorchExport(Path(path), "int8", keep_float=list(keep_float))
 
     def agreement_of(path):  # quantizing module b costs 60 % agreement, anything else nothing
         return 1.0 if "b" in Path(path).read_text().split(",") else 0.4
@@ -171,7 +172,7 @@ def test_executorch_hook_passes_keep_float_and_records_the_plan(tmp_path, monkey
     monkeypatch.setattr(q, "Agreement", lambda *a: agreement_of)
     monkeypatch.setattr(rt, "open_model", lambda path, threads=1: SimpleNamespace(run=lambda x: x))
     fp32 = tmp_path / "m.fp32.pte"
-    fp32.write_text("")
+    fp32.write_text("stem,a,b,c,fc")  # every module float
     rt.sidecar_path(fp32).write_text(json.dumps({rt.META_PREPROCESS: Preprocess(RES).to_json()}))
     net = make_net(fragile=False)
     assert executorch_layers(net) == ["stem", "a", "b", "c", "fc"]
@@ -179,6 +180,9 @@ def test_executorch_hook_passes_keep_float_and_records_the_plan(tmp_path, monkey
                                              calib_images=colour_images(4, 0), select_images=colour_images(4, 1),
                                              log=lambda s: None)
     assert plan["keep_float"] == ["b"] and plan["passed"] and set(plan["ms"]) == {"fp32", "int8", "plan"}
-    assert result.path == tmp_path / "m.pte" and calls[-1][0] == ["b"]  # the written file keeps b float
-    assert json.loads(calls[-1][1][META_PLAN])["keep_float"] == ["b"]
-    assert sorted(k for k, _ in calls[1:6]) == [["a"], ["b"], ["c"], ["fc"], ["stem"]]  # one probe per module
+    assert result.path == tmp_path / "m.pte" and result.keep_float == ["b"]
+    assert (tmp_path / "m.pte").read_text() == "b"  # the written file is the probe that kept b float
+    sidecar = json.loads(rt.sidecar_path(tmp_path / "m.pte").read_text())
+    assert sidecar["rubik.precision"] == "int8" and json.loads(sidecar[META_PLAN])["keep_float"] == ["b"]
+    # all-int8, then one probe per module; the chosen file is copied, not lowered again
+    assert calls[0] == [] and sorted(calls[1:]) == [["a"], ["b"], ["c"], ["fc"], ["stem"]]

@@ -61,7 +61,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise RubikError("--int8 is for --format onnx or executorch; ncnn models are quantized with ncnn's own tools")
     if executorch and (args.boundary != "auto" or args.calib_method != "auto" or args.dynamic_batch):
         raise RubikError("--boundary, --calib-method and --dynamic-batch are for --format onnx; an ExecuTorch file "
-                         "has a static batch and its int8 is the XNNPACK quantizer's (every layer int8)")
+                         "has a static batch and its int8 is the XNNPACK quantizer's (every layer int8 unless the "
+                         "precision plan keeps some float)")
     model = _load_model(args)
     name = model.spec.name
     verify_images = None
@@ -104,18 +105,22 @@ def cmd_export(args: argparse.Namespace) -> None:
     calib_idx = sample(calib, args.calib_n, seed=0)
     held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n, holdout)
     gate = Int8Gate(fp32_path, held, getattr(model, "classes", None), args.max_drop, args.threads)
-    plan = {}
+    # The boundary and the precision plan are chosen on other images than the ones the gate checks on.
+    select = calib.subset(sample(calib, 256, seed=3, exclude=set(calib_idx))).images
+    images = calib.subset(calib_idx).images
     if executorch:
-        result = export_executorch(model, out, batch=args.batch, resolution=args.resolution,
-                                   calib_images=calib.subset(calib_idx).images, calib_n=args.calib_n)
+        from .precision_plan import export_executorch_planned
+
+        result, plan = export_executorch_planned(model, out, fp32_path, gate, calib_images=images, select_images=select,
+                                                 calib_n=args.calib_n, batch=args.batch, resolution=args.resolution,
+                                                 threads=args.threads)
         print(f"{result}; PT2E static int8 (XNNPACK quantizer: per-channel symmetric weights), calibrated on "
-              f"{result.calib_images} images; every layer int8")
+              f"{result.calib_images} images; " + (f"{len(result.keep_float)} layer(s) float by the precision plan"
+                                                   if result.keep_float else "every layer int8"))
     else:
         from .quantize import export_int8
 
-        # The boundary and the precision plan are chosen on other images than the ones the gate checks on.
-        select = calib.subset(sample(calib, 256, seed=3, exclude=set(calib_idx))).images
-        config, _ = export_int8(fp32_path, calib.subset(calib_idx).images, out, gate, select_images=select,
+        config, _ = export_int8(fp32_path, images, out, gate, select_images=select,
                                 calib_n=args.calib_n, boundary=args.boundary, method=args.calib_method,
                                 threads=args.threads)
         print(config.describe(out))

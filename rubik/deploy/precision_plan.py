@@ -45,6 +45,12 @@ class PrecisionPlan:
     probed: int = 0
     cap: int = 0
     file: object = None  # the planned file (the all-int8 one when the plan is empty or failed)
+    reachable: bool = True  # False: the gate fails even with every layer float, so nothing was probed
+
+    @property
+    def ran(self) -> bool:
+        """The all-int8 file failed the gate (a plan was searched for, or found out of reach)."""
+        return bool(self.probed) or not self.reachable
 
     @property
     def sensitive(self) -> list[str]:
@@ -54,12 +60,14 @@ class PrecisionPlan:
     def as_dict(self, top: int = 10) -> dict:
         """JSON-able summary (the `top` most sensitive layers only), for a file's metadata."""
         return {"keep_float": self.keep_float if self.passed else [], "tried": [] if self.passed else self.keep_float,
-                "passed": self.passed, "agreement_before": self.agreement_before,
+                "passed": self.passed, "reachable": self.reachable, "agreement_before": self.agreement_before,
                 "agreement_after": self.agreement_after, "probed": self.probed, "cap": self.cap,
                 "sensitivity": {k: round(self.sensitivity[k], 4) for k in self.sensitive[:top]}}
 
     def describe(self, names: Callable[[str], str] = str) -> str:
         """One line for the user; `names` maps a layer to what the user knows it by."""
+        if not self.reachable:
+            return "precision plan: not searched, the gate fails even with every layer float (the fp32 file)"
         if not self.probed:
             return "int8 passes as it is: no layer kept float"
         gained = ", ".join(f"{names(k)} (+{self.sensitivity[k]:.1%})" for k in self.keep_float)
@@ -95,14 +103,18 @@ def sensitivity(quantize: Callable[[frozenset[str]], object], agreement: Callabl
 
 def find_plan(quantize: Callable[[frozenset[str]], object], agreement: Callable[[object], float],
               passes: Callable[[object], bool], layers: Sequence[str], *, max_probes: int | None = None,
-              max_float: int | None = None, log=print) -> PrecisionPlan:
+              max_float: int | None = None, reference: object = None, log=print) -> PrecisionPlan:
     """The fewest of `layers` to keep float so that `passes` holds, most sensitive first (module docstring).
 
     `quantize(frozenset())` is the all-int8 file; when it passes, the plan is empty and nothing is probed.
+    `reference`: the file with every layer float (fp32); when it fails `passes` too (a gate that asks int8
+    to beat fp32), no plan can pass, and nothing is probed either.
     """
     base_file = quantize(frozenset())
     if passes(base_file):
         return PrecisionPlan([], True, None, None, file=base_file)
+    if reference is not None and not passes(reference):
+        return PrecisionPlan([], False, None, None, file=base_file, reachable=False)
     probed = probe_layers(layers, max_probes)
     base = agreement(base_file)
     cap = max_float if max_float is not None else max(1, math.floor(MAX_FLOAT_FRACTION * len(probed)))
@@ -148,38 +160,48 @@ def export_executorch_planned(model, path, fp32_path, gate: Callable[[object], b
     fewest modules float that make it pass `gate` (the held-out check), ranked leave-one-out by top-1 agreement
     with the fp32 .pte at `fp32_path` on `select_images`. Returns (ExecuTorchExport, the plan's summary, {} when
     the all-int8 file passed). Needs `keep_float` in `executorch.export_executorch`."""
+    import dataclasses
     import json
+    import shutil
     import tempfile
     from pathlib import Path
 
     from ..timing import median_ms
     from .executorch import export_executorch
+    from .metadata import write_sidecar
     from .quantize import Agreement
     from .runtime import META_PREPROCESS, Preprocess, open_model, sidecar_path
 
     options = dict(batch=batch, resolution=resolution, calib_images=calib_images, calib_n=calib_n)
     with tempfile.TemporaryDirectory(prefix="rubik-pte-plan-") as tmp:
-        files: dict[frozenset[str], Path] = {}
+        made: dict[frozenset[str], object] = {}  # keep_float -> ExecuTorchExport
 
         def quantize(keep: frozenset[str]) -> Path:
-            if keep not in files:
-                files[keep] = export_executorch(model, Path(tmp) / f"int8_{len(files)}.pte", keep_float=sorted(keep),
-                                                **options).path
-            return files[keep]
+            if keep not in made:
+                made[keep] = export_executorch(model, Path(tmp) / f"int8_{len(made)}.pte", keep_float=sorted(keep),
+                                               **options)
+            return made[keep].path
 
         plan = find_plan(quantize, Agreement(Path(fp32_path), select_images, threads), gate,
-                         executorch_layers(model), max_probes=PTE_MAX_PROBES, log=log)
-        summary = plan.as_dict() if plan.probed else {}
+                         executorch_layers(model), max_probes=PTE_MAX_PROBES, reference=Path(fp32_path), log=log)
+        summary = plan.as_dict() if plan.ran else {}
         if plan.passed and plan.keep_float:
             meta = json.loads(sidecar_path(fp32_path).read_text())
             x = Preprocess.from_json(meta[META_PREPROCESS])(select_images[:batch])
             runs = {k: open_model(p, threads) for k, p in
-                    {"fp32": fp32_path, "int8": files[frozenset()], "plan": plan.file}.items()}
+                    {"fp32": fp32_path, "int8": quantize(frozenset()), "plan": plan.file}.items()}
             ms = median_ms({k: (lambda m=m: m.run(x)) for k, m in runs.items()}, runs=30, warmup=5)
             summary["ms"] = {k: round(v, 4) for k, v in ms.items()}
         if summary:
             cost = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("ms", {}).items())
             log(plan.describe() + (f"; median ms {cost}" if cost else ""))
-        result = export_executorch(model, path, keep_float=summary.get("keep_float", []),
-                                   extra_meta={META_PLAN: json.dumps(summary)} if summary else None, **options)
+        # the chosen file as it was made (lowering is not repeated), its sidecar with the plan added
+        chosen = made[frozenset(summary.get("keep_float", []))]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(chosen.path, path.with_name(f".{path.name}.tmp"))
+        path.with_name(f".{path.name}.tmp").replace(path)
+        meta = json.loads(sidecar_path(chosen.path).read_text())
+        write_sidecar(path, {**meta, **({META_PLAN: json.dumps(summary)} if summary else {})})
+        result = dataclasses.replace(chosen, path=path)
     return result, summary

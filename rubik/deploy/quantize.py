@@ -499,16 +499,17 @@ def _no_selection(path: Path) -> float:
 
 def plan_onnx(quantize: Callable[[frozenset[str]], Path], graph, start: int, agreement: Agreement,
               gate: Callable[[Path], bool], timing: Callable[[dict[str, Path]], dict[str, float]],
-              config: QuantConfig, log=print) -> Path:
+              config: QuantConfig, fp32_path: Path | None = None, log=print) -> Path:
     """The precision plan (`precision_plan.find_plan`) over the `plan_units` of the file quantized from `start`:
     recorded in `config.plan` when the all-int8 file fails `gate`; returns the file to write (the planned one
-    when it passes, else the all-int8 one). A passing plan is timed against the all-int8 file and fp32."""
+    when it passes, else the all-int8 one). A passing plan is timed against the all-int8 file and fp32. When
+    `fp32_path` fails the gate too, no plan is searched for."""
     from .precision_plan import find_plan
 
     units = plan_units(graph, start)
     plan = find_plan(lambda keep: quantize(frozenset(n for k in keep for n in units[k])),
-                     agreement if agreement else _no_selection, gate, list(units), log=log)
-    if not plan.probed:
+                     agreement if agreement else _no_selection, gate, list(units), reference=fp32_path, log=log)
+    if not plan.ran:
         return plan.file
     modules = module_names(graph)
     ms = timing({"int8": quantize(frozenset()), "plan": plan.file}) if plan.passed else {}
@@ -595,7 +596,7 @@ def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Pat
         if gate is not None:
             chosen = plan_onnx(lambda keep: files(start, method, keep), graph, start, agreement, gate,
                                lambda paths: time_files({"fp32": fp32_path, **paths}, x, threads, tune_rounds),
-                               config, log)
+                               config, fp32_path, log)
         write_int8(chosen, fp32_path, config, out_path)
     return config
 
@@ -705,7 +706,9 @@ def enforce_gate(gate: Int8Gate, path: str | Path, plan: dict | None = None) -> 
     if gate(path):
         return
     text = f"int8 loses {gate.drop(path):.2f} accuracy points (> --max-drop {gate.max_drop})"
-    if plan and plan.get("probed"):
+    if plan and plan.get("reachable") is False:
+        text += "; no precision plan can pass it: the fp32 file itself does not"
+    elif plan and plan.get("probed"):
         kept = ", ".join(plan.get("modules") or plan["tried"]) or "none that helped"
         worst = ", ".join(f"{k} +{v:.1%}" for k, v in list(plan["sensitivity"].items())[:5]) or "none"
         text += (f"; the precision plan could not save it: float layers tried {kept} (cap {plan['cap']} of "
