@@ -31,6 +31,10 @@ def test_split_computes_the_same_logits(ghost, block, blocks):
     torch.testing.assert_close(got, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)
     parts = [p for b in split.prefix.split_blocks for p in b.parts]
     assert all(p.width % block == 0 and len(p.channels) <= p.width for p in parts)
+    # Each split block's parts hold every channel of the block's output once (the join relies on it).
+    originals = [b for stage in ghost.blocks[:-1] for b in stage]
+    for b, original in zip(split.prefix.split_blocks, originals[: len(split.prefix.split_blocks)], strict=True):
+        assert sorted(c for p in b.parts for c in p.channels) == list(range(original.ghost2.out_ch))
 
 
 def test_split_keeps_an_odd_ghost_module_exact():

@@ -31,6 +31,17 @@ def test_deploy_runtime_imports_through_the_package_without_torch():
 
 
 def test_public_names():
-    import rubik
+    import torch
 
-    assert callable(rubik.create_model) and callable(rubik.profile) and "tinynet_a" in rubik.list_models()
+    import rubik
+    from rubik.models import FAMILIES
+
+    assert sorted(rubik.__all__) == sorted(n for n in rubik.__all__ if hasattr(rubik, n))
+    assert "tinynet_a" in rubik.list_models()
+    # The public path end to end: the hook count `profile` reports is the family's arithmetic on the plan.
+    model = rubik.create_model("tinynet_e")
+    p = rubik.profile(model, measure_latency=False)
+    assert isinstance(p, rubik.Profile) and p.resolution == model.spec.resolution == 106
+    assert p.macs == FAMILIES["mbconv"].macs(model.plan, 106, 1000)
+    assert p.params == sum(t.numel() for t in model.parameters()) and p.latency_ms is None
+    assert model(torch.zeros(1, 3, 106, 106)).shape == (1, 1000)

@@ -45,7 +45,19 @@ def test_prepare_keeps_the_state_dict_and_simulates_int8(tiny):
     ranges = measure_ranges(tiny, [x[:4], x[4:]])
     stem = [name for name, r in ranges.items() if r == [0.0, 0.0]]
     assert stem == ["conv_stem"]  # reads the image: stays float, as the int8 export keeps it
-    assert all(lo <= 0 <= hi and hi > lo for name, (lo, hi) in ranges.items() if name != "conv_stem")
+    # Every other layer: the min and max of what it reads over both batches, widened to include zero.
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, []).append(args[0]))
+             for name, m in tiny.named_modules() if name in ranges]
+    with torch.no_grad():
+        tiny(x)
+    for h in hooks:
+        h.remove()
+    for name, (lo, hi) in ranges.items():
+        if name != "conv_stem":
+            inputs = torch.cat([t.flatten() for t in seen[name]])
+            assert (lo, hi) == pytest.approx((min(0.0, inputs.min().item()), max(0.0, inputs.max().item())),
+                                             rel=1e-5, abs=1e-6), name
     quantized = prepare_qat(tiny, ranges)
     assert quantized == len(ranges) - 1
     assert isinstance(tiny.conv_stem, QATConv2d) and isinstance(tiny.classifier, QATLinear)

@@ -50,8 +50,13 @@ def test_plan_is_deterministic_spread_and_prefix_stable():
     assert p10[:6] == p6  # topping a study up keeps the trials it had
     assert plan(SearchSettings(budgets=[0.5, 0.25], seed=4, **SMALL), 6) != p6
     assert [p["params"]["c"] for p in p6] == [0.5, 0.25] * 3  # budgets take turns
-    for p in p10:
-        assert 0.5 <= p["params"]["r"] <= 0.8 and 0.5 <= p["params"]["d"] <= 1.2
+    # Each budget's first 4 points are a scrambled Sobol (0, 2, 2)-net scaled into the ranges: exactly one
+    # point in each quarter of r's range and of d's (out of range, or a random draw, lands elsewhere).
+    for budget in range(2):
+        first4 = p10[budget::2][:4]
+        for key, (lo, hi) in (("r", SMALL["r_range"]), ("d", SMALL["d_range"])):
+            quarters = sorted(math.floor((p["params"][key] - lo) / (hi - lo) * 4) for p in first4)
+            assert quarters == [0, 1, 2, 3], (budget, key, [p["params"][key] for p in first4])
     assert len({(p["params"]["r"], p["params"]["d"]) for p in p10}) == 10
 
 
