@@ -137,7 +137,7 @@ def find_plan(quantize: Callable[[frozenset[str]], object], agreement: Callable[
     return plan
 
 
-# --- ExecuTorch (.pte): the hook `rubik export --format executorch --int8` will call --------------------------
+# --- ExecuTorch (.pte): what `rubik export --format executorch --int8` calls ----------------------------------
 
 META_PLAN = "rubik.precision_plan"  # JSON in a .pte's sidecar: the plan (`PrecisionPlan.as_dict`) and its ms
 PTE_MAX_PROBES = 24  # each .pte probe is a whole PT2E calibration and XNNPACK lowering, not a graph rewrite
@@ -159,7 +159,7 @@ def export_executorch_planned(model, path, fp32_path, gate: Callable[[object], b
     """`export_executorch(..., keep_float=...)` with the precision plan: the int8 .pte at `path`, with the
     fewest modules float that make it pass `gate` (the held-out check), ranked leave-one-out by top-1 agreement
     with the fp32 .pte at `fp32_path` on `select_images`. Returns (ExecuTorchExport, the plan's summary, {} when
-    the all-int8 file passed). Needs `keep_float` in `executorch.export_executorch`."""
+    the all-int8 file passed). The chosen file is copied from its probe, not lowered again."""
     import dataclasses
     import json
     import shutil
