@@ -97,7 +97,15 @@ def test_predict_draws_named_boxes(trained, tmp_path, capsys):
     assert main(["predict", "--weights", str(trained), str(image_path), "-o", str(out), "--json",
                  "--min-score", "0.05"]) == 0
     result = json.loads(capsys.readouterr().out)[0]
-    assert result["boxes"] and all(b["class"] in ("0", "1") and b["score"] >= 0.05 for b in result["boxes"])
+    # The CLI's boxes are exactly the detector's own with score >= --min-score, named by class (the
+    # detector keeps boxes down to 0.001: the flag must have dropped some).
+    from rubik.detect.cli import detect_image, load_detector
+
+    det = load_detector(trained)
+    everything = detect_image(det, Image.open(image_path).convert("RGB"))
+    kept = [(det.classes[label - 1], round(score, 4)) for _, score, label in everything if score >= 0.05]
+    assert result["boxes"] and len(kept) < len(everything)
+    assert [(b["class"], b["score"]) for b in result["boxes"]] == kept
     drawn, plain = np.asarray(Image.open(out)), np.asarray(Image.open(image_path))
     assert drawn.shape == plain.shape and (drawn != plain).any()
 
@@ -128,7 +136,6 @@ def test_export_verified_and_torch_free_detector(trained, tmp_path, capsys):
         same = [d for d in got if d["label"] == label and d["class"] == str(label - 1)
                 and d["score"] == pytest.approx(score, abs=1e-4) and d["box"] == pytest.approx(box, abs=1e-2)]
         assert same, f"PyTorch's box {box} ({label}, {score:.4f}) is not among the runtime's"
-    assert all(max(d["box"][0::2]) <= 200 and max(d["box"][1::2]) <= 120 for d in got)
     Image.open(tmp_path / "x.png").close()
 
 
