@@ -404,3 +404,11 @@ def test_cli_int8_gate_failure_names_the_plan_in_one_line(tmp_path, run_dir, ima
                                  "--max-drop", "-5"], capsys, monkeypatch)
     assert code == 2 and "no precision plan can pass it: the fp32 file itself does not" in err
     assert "not searched" in stdout and len(err.strip().splitlines()) == 1
+
+
+def test_ort_int8_note_only_for_silu_and_sigmoid_models():
+    from rubik.deploy.quantize import ort_activation_note
+
+    assert "efficientnet_lite0" in ort_activation_note(rubik.create_model("tinynet_e"))
+    assert ort_activation_note(rubik.create_model("efficientnet_lite0")) is None
+    assert ort_activation_note(rubik.create_model("ghostnet_050")) is None  # ReLU and a hard-sigmoid gate

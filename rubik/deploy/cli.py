@@ -98,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     from ..image_folder import DEFAULT_HOLDOUT
     from .images import open_images, sample
-    from .quantize import Int8Gate, enforce_gate
+    from .quantize import Int8Gate, enforce_gate, ort_activation_note
 
     holdout = getattr(model, "holdout", DEFAULT_HOLDOUT)  # a run's split of a folder without val/
     calib = open_images(args.calib, "train", holdout)
@@ -117,6 +117,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"{result}; PT2E static int8 (XNNPACK quantizer: per-channel symmetric weights), calibrated on "
               f"{result.calib_images} images; " + (f"{len(result.keep_float)} layer(s) float by the precision plan"
                                                    if result.keep_float else "every layer int8"))
+        print(result.activation_report())
     else:
         from .quantize import export_int8
 
@@ -124,6 +125,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                                 calib_n=args.calib_n, boundary=args.boundary, method=args.calib_method,
                                 threads=args.threads)
         print(config.describe(out))
+        print(ort_activation_note(model) or "", end="")
         plan = config.plan
     print(gate.check(out))
     enforce_gate(gate, out, plan)

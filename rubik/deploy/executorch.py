@@ -56,15 +56,16 @@ class ExecuTorchExport:
     def __str__(self) -> str:
         where = "one XNNPACK-delegated graph" if not self.outside else \
             f"XNNPACK, with {len(self.outside)} operator(s) outside the delegate: {', '.join(self.outside)}"
-        return f"wrote {self.path} (ExecuTorch {self.precision}, {where})" + self.activation_report()
+        return f"wrote {self.path} (ExecuTorch {self.precision}, {where})"
 
     def activation_report(self) -> str:
+        """One line on what int8 did to the activations ('' for fp32)."""
         if self.activations is None:
             return ""
         a = self.activations
         floats = ", ".join(f"{op.removeprefix('XNN')} x{n}" for op, n in self.float_inside.items()) or "none"
-        kept = f"; kept float on purpose: {', '.join(self.keep_float)}" if self.keep_float else ""
-        return (f"\n  int8 activations in XNNPACK: {a.silu} SiLU, {a.gates} sigmoid gate(s) and their multiplies, "
+        kept = f" (layers kept float: {', '.join(self.keep_float)})" if self.keep_float else ""
+        return (f"int8 activations in XNNPACK: {a.silu} SiLU, {a.gates} sigmoid gate(s) with their multiplies, "
                 f"{a.hardswish} hard-swish; float operators inside the delegate: {floats}{kept}")
 
 

@@ -716,3 +716,17 @@ def enforce_gate(gate: Int8Gate, path: str | Path, plan: dict | None = None) -> 
     raise Int8GateError(text + "; keep more early layers in float (--boundary N), train longer (a briefly trained "
                         "model's small margins flip under int8 rounding), or fine-tune with the rounding simulated: "
                         "rubik train --model M --data D --init RUN_DIR --qat --epochs 2 --lr 2e-4")
+
+
+def ort_activation_note(model) -> str | None:
+    """For a model with SiLU or sigmoid gates, why its ONNX Runtime int8 saves only the convolutions' share
+    and what to do about it (a line ending in a newline); None for other models."""
+    import torch
+
+    if not any(isinstance(m, torch.nn.SiLU | torch.nn.Sigmoid) for m in model.modules()):
+        return None
+    return ("note: ONNX Runtime runs an int8 SiLU or sigmoid gate as QLinearSigmoid + QLinearMul, slower than "
+            "float's fused SiLU, so int8 here starts where the timed boundary puts it; for the int8 speed of "
+            "this model, export --format executorch (XNNPACK runs SiLU and gates in int8), or for ONNX Runtime "
+            "choose a ReLU6 model without squeeze-excite: efficientnet_lite0, or rubik twist --base "
+            "efficientnet_lite0 (tinynet_lite_a..e)\n")
