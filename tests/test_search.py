@@ -375,3 +375,23 @@ def test_fit_with_dominated_budgets_says_what_helps(tmp_path):
     assert "3 or more budgets" not in str(e.value)
     formula, _ = fit_formula(study, include_dominated=True)
     assert len(formula.fitted) == 3
+
+
+def test_a_worker_killed_right_after_claiming_a_trial_leaves_it_stale(tmp_path):
+    """The cause of a rerun that waited forever: a worker SIGKILLed after it claimed a trial (WAITING -> RUNNING)
+    but before its heartbeat thread's first beat left a RUNNING trial with no heartbeat, which Optuna never
+    counts as stale. The claim now carries the first heartbeat, so the trial goes stale and is retried."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from rubik.search.study import _fail_stale, _pop_waiting
+
+    storage = open_storage(sqlite(tmp_path), heartbeat=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({"x": 1.0})
+    assert _pop_waiting(study) is not None  # claimed; the worker dies here, before any heartbeat thread runs
+    assert study.trials[0].state == TrialState.RUNNING
+    time.sleep(storage.grace_period + 1.5)
+    _fail_stale(study)
+    assert study.trials[0].state == TrialState.FAIL
+    storage.engine.dispose()

@@ -433,11 +433,17 @@ def _storage_of(study):
 def _pop_waiting(study) -> int | None:
     """Claim a WAITING trial: the storage's WAITING -> RUNNING update succeeds for exactly one worker."""
     import optuna
+    import sqlalchemy.exc
     from optuna.trial import TrialState
 
     storage = _storage_of(study)
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        # The first heartbeat goes before the claim: Optuna never counts a RUNNING trial without any heartbeat
+        # as stale, so a worker killed between claiming and its heartbeat thread's first beat would leave a
+        # trial that every later worker waits for forever. A loser of the race only refreshes the winner's beat.
+        with contextlib.suppress(sqlalchemy.exc.IntegrityError):  # two first beats at once: one row is enough
+            storage.record_heartbeat(t._trial_id)
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                 return t._trial_id
