@@ -106,9 +106,9 @@ def executorch_sides(name: str, ours, theirs, x: torch.Tensor, work: Path, threa
     photos = sample_photos(64)
     pre = preprocess_of(ours)
     print("   ExecuTorch: lowering timm's model (fp32, int8) and rubik's (fp32, int8)", flush=True)
-    plain_fp32, _ = lower(theirs, x, work / f"{name}.plain.pte")
+    plain_fp32, _ = lower(theirs, x, work / f"{name}.plain.pte", activations=False)
     plain_int8, outside = lower(theirs, x, work / f"{name}.plain.int8.pte",
-                                (torch.from_numpy(pre([im])) for im in photos))
+                                (torch.from_numpy(pre([im])) for im in photos), activations=False)
     et_fp32 = export_executorch(ours, work / f"{name}.pte")
     et_int8 = export_executorch(ours, work / f"{name}.int8.pte", calib_images=photos, calib_n=64)
     for label, ops in (("timm int8", outside), ("rubik fp32", et_fp32.outside), ("rubik int8", et_int8.outside)):

@@ -105,14 +105,14 @@ def _outside_delegate(edge) -> list[str]:
 
 
 def quantize_pt2e(module: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor],
-                  keep_float: Collection[str] = ()) -> tuple[nn.Module, ActivationCounts]:
-    """PT2E static int8 with ExecuTorch's XNNPACK quantizer and rubik's int8 activations
-    (`xnnpack_int8`), observers calibrated on `batches`; the modules named in `keep_float` stay float.
-    Returns the quantized module and the activations it quantized."""
+                  keep_float: Collection[str] = (), activations: bool = True) -> tuple[nn.Module, ActivationCounts]:
+    """PT2E static int8 with ExecuTorch's XNNPACK quantizer and (unless `activations` is False: ExecuTorch's
+    quantizer as it is) rubik's int8 activations (`xnnpack_int8`), observers calibrated on `batches`; the
+    modules named in `keep_float` stay float. Returns the quantized module and the activations it quantized."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     graph = torch.export.export(module, (example,), strict=False).module()
-    quantizer, activations = make_quantizer(keep_float)
+    quantizer, act_quantizer = make_quantizer(keep_float, activations)
     prepared = prepare_pt2e(graph, quantizer)
     n = 0
     with torch.no_grad():
@@ -121,7 +121,7 @@ def quantize_pt2e(module: nn.Module, example: torch.Tensor, batches: Iterable[to
             n += 1
     if not n:
         raise ExecuTorchError("no calibration images for int8: pass --calib DIR or 'digits'")
-    return convert_pt2e(prepared), activations.counts
+    return convert_pt2e(prepared), act_quantizer.counts
 
 
 @dataclass
@@ -134,30 +134,31 @@ class Lowered:
 
 def lower(module: nn.Module, example: torch.Tensor, path: str | Path,
           calib_batches: Iterable[torch.Tensor] | None = None,
-          keep_float: Collection[str] = ()) -> tuple[Path, list[str]]:
+          keep_float: Collection[str] = (), activations: bool = True) -> tuple[Path, list[str]]:
     """Export `module` at `example`'s (static) shape, quantize it when `calib_batches` is given (but the
     modules in `keep_float`), lower it to XNNPACK and write the .pte (atomically). Returns the path and the
-    operators left outside the delegate."""
-    lowered = lower_report(module, example, path, calib_batches, keep_float)
+    operators left outside the delegate. `activations=False`: ExecuTorch's own quantizer and partitioner
+    as they are (its out-of-the-box int8, with float activations; for comparison)."""
+    lowered = lower_report(module, example, path, calib_batches, keep_float, activations)
     return lowered.path, lowered.outside
 
 
 def lower_report(module: nn.Module, example: torch.Tensor, path: str | Path,
                  calib_batches: Iterable[torch.Tensor] | None = None,
-                 keep_float: Collection[str] = ()) -> Lowered:
+                 keep_float: Collection[str] = (), activations: bool = True) -> Lowered:
     """`lower`, returning also what int8 did to the activations and which operators stayed float."""
     _available()
     from executorch.exir import to_edge_transform_and_lower
 
     path = Path(path)
     module = module.eval()
-    activations = None
+    counts = None
     with _quiet():
         try:
             if calib_batches is not None:
-                module, activations = quantize_pt2e(module, example, calib_batches, keep_float)
+                module, counts = quantize_pt2e(module, example, calib_batches, keep_float, activations)
             program = torch.export.export(module, (example,), strict=False)
-            edge = to_edge_transform_and_lower(program, partitioner=[partitioner()])
+            edge = to_edge_transform_and_lower(program, partitioner=[partitioner(activations)])
             outside = _outside_delegate(edge)
             buffer = edge.to_executorch().buffer
         except ExecuTorchError:
@@ -169,8 +170,8 @@ def lower_report(module: nn.Module, example: torch.Tensor, path: str | Path,
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buffer)
     tmp.replace(path)
-    float_inside = delegate_ops(path).float_compute() if activations is not None else {}
-    return Lowered(path, outside, activations, float_inside)
+    float_inside = delegate_ops(path).float_compute() if counts is not None else {}
+    return Lowered(path, outside, counts, float_inside)
 
 
 def export_executorch(model: nn.Module, path: str | Path, *, batch: int = 1, resolution: int | None = None,

@@ -137,10 +137,12 @@ def make_activation_quantizer(config, keep_float: Collection[str] = ()):
     return ActivationQuantizer()
 
 
-def make_quantizer(keep_float: Collection[str] = ()):
+def make_quantizer(keep_float: Collection[str] = (), activations: bool = True):
     """ExecuTorch's XNNPACK quantizer (per-channel symmetric int8) after rubik's activation quantizer.
+    Returns the composed quantizer and the activation quantizer (whose `counts` say what it took).
 
-    `keep_float`: module names (dotted, as in `model.named_modules()`) that stay float in both."""
+    `keep_float`: module names (dotted, as in `model.named_modules()`) that stay float in both.
+    `activations=False`: the activation quantizer takes nothing (ExecuTorch's quantizer as it is)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -151,16 +153,20 @@ def make_quantizer(keep_float: Collection[str] = ()):
     xnnpack = XNNPACKQuantizer().set_global(config)
     if keep_float:  # (its set_module_name(name, None) is "not supported yet")
         xnnpack.set_filter_function(lambda node: not _in_modules(node, keep_float))
-    activations = make_activation_quantizer(config, keep_float)
-    return ComposableQuantizer([activations, xnnpack]), activations
+    act = make_activation_quantizer(config, keep_float)
+    return ComposableQuantizer([act, xnnpack] if activations else [xnnpack]), act
 
 
-def partitioner():
-    """ExecuTorch's XNNPACK partitioner, with sigmoid and hard-swish admitted in static int8 too."""
+def partitioner(activations: bool = True):
+    """ExecuTorch's XNNPACK partitioner, with sigmoid and hard-swish admitted in static int8 too (unless
+    `activations` is False: the partitioner as it is)."""
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
     from executorch.backends.xnnpack.partition.config.generic_node_configs import HardswishConfig, SigmoidConfig
     from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    if not activations:
+        return XnnpackPartitioner()
 
     def int8_too(base):
         return type(f"Int8{base.__name__}", (base,), {
