@@ -517,14 +517,8 @@ def run_worker(study, settings: SearchSettings, data: str, out_dir: str | Path,
             done.append(_run_trial(study, trial, settings, data, out_dir, train_fn, workers, log, db, progress))
 
 
-def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path, train_fn: TrainFn,
-               workers: int | None, log: Callable[[str], None],
-               db: Callable[..., Any] = lambda fn, what: fn(), progress: bool | None = False) -> TrialOutcome:
-    import optuna
-    from optuna.trial import TrialState
-
-    from ..cube.solve import InfeasibleBudget
-    from ..train.trainer import NonFiniteLossError
+def _draw_point(trial, settings: SearchSettings, db: Callable[..., Any]) -> tuple[float, str, float, float]:
+    """Sign the trial with this worker and draw its budget c, r and d (a planned trial's are fixed already)."""
 
     def start():
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -535,23 +529,54 @@ def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path,
         d_range = settings.d_range if kind == "sobol" else (0.01, 4.0)
         return c, kind, trial.suggest_float("r", *r_range), trial.suggest_float("d", *d_range)
 
-    c, kind, r, d = db(start, f"starting trial {trial.number}")
+    return db(start, f"starting trial {trial.number}")
+
+
+def _record_failure(study, trial, reason: str, retry: bool, db: Callable[..., Any]) -> None:
+    """Mark the trial failed with `reason`; with `retry`, queue it again (Optuna's retry, at most MAX_RETRY)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    def record():
+        frozen = _storage_of(study).get_trial(trial._trial_id)  # before the reason is set: the copy starts clean
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        if retry:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, frozen)
+
+    try:
+        db(record, f"recording trial {trial.number} as failed")
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # another worker marked it stale meanwhile; its retry copy exists already
+
+
+def _trial_results(settings: SearchSettings, spec, summary: dict[str, Any], seconds: float) -> dict[str, float]:
+    """What a finished trial records: its best top-1 and top-5, training time and (if asked) latency."""
+    results = {"top1": float(summary["best"]["top1"]), "top5": float(summary["best"].get("top5", 0.0)),
+               "train_seconds": seconds}
+    if settings.latency:
+        from ..models import build
+        from ..profile import latency
+
+        results["latency_ms"] = latency(build(spec).eval(), spec.resolution, threads=1, runs=30)
+    return results
+
+
+def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path, train_fn: TrainFn,
+               workers: int | None, log: Callable[[str], None],
+               db: Callable[..., Any] = lambda fn, what: fn(), progress: bool | None = False) -> TrialOutcome:
+    import optuna
+
+    from ..cube.solve import InfeasibleBudget
+    from ..train.trainer import NonFiniteLossError
+
+    c, kind, r, d = _draw_point(trial, settings, db)
     label = f"trial {trial.number} [{kind} c={c:g} r={r:.3f} d={d:.3f}"
 
     def fail(reason: str, retry: bool) -> TrialOutcome:
-        def record():
-            frozen = _storage_of(study).get_trial(trial._trial_id)  # before the reason is set: the copy starts clean
-            trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
-            if retry:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, frozen)
-
-        try:
-            db(record, f"recording trial {trial.number} as failed")
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker marked it stale meanwhile; its retry copy exists already
+        _record_failure(study, trial, reason, retry, db)
         log(f"{label}]: FAILED ({reason})" + ("; queued again" if retry else ""))
         return TrialOutcome(trial.number, "FAIL", dict(trial.params), {"fail_reason": reason})
 
@@ -585,19 +610,12 @@ def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path,
         fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", retry=True)
         raise RubikError(f"trial {trial.number} failed ({type(e).__name__}: {e}); it is recorded as failed and "
                          "queued again: fix the cause and rerun the same command") from e
-    seconds = time.perf_counter() - t0
-    top1 = float(summary["best"]["top1"])
-    results = {"top1": top1, "top5": float(summary["best"].get("top5", 0.0)), "train_seconds": seconds}
-    if settings.latency:
-        from ..models import build
-        from ..profile import latency
-
-        results["latency_ms"] = latency(build(spec).eval(), spec.resolution, threads=1, runs=30)
+    results = _trial_results(settings, spec, summary, time.perf_counter() - t0)
 
     def finish():
         for k, v in results.items():
             trial.set_user_attr(k, v)
-        study.tell(trial, [top1, macs / 1e6])
+        study.tell(trial, [results["top1"], macs / 1e6])
 
     try:
         db(finish, f"saving trial {trial.number}'s result")
@@ -605,5 +623,5 @@ def _run_trial(study, trial, settings: SearchSettings, data: str, out_dir: Path,
         # Marked failed by another worker (heartbeats were late); its retry copy will redo it.
         log(f"{label}]: finished, but another worker had already marked it stale; its retry counts instead")
         return TrialOutcome(trial.number, "FAIL", dict(trial.params), {"fail_reason": "stale"})
-    log(f"{label}]: top-1 {top1:.2f}% in {seconds:.0f} s")
-    return TrialOutcome(trial.number, "COMPLETE", dict(trial.params), {**attrs, "top1": top1})
+    log(f"{label}]: top-1 {results['top1']:.2f}% in {results['train_seconds']:.0f} s")
+    return TrialOutcome(trial.number, "COMPLETE", dict(trial.params), {**attrs, "top1": results["top1"]})
