@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..digits import CLASSES as DIGIT_CLASSES
-from ..digits import DIGITS, digits_split
-from ..errors import RubikError
+from ..digits import digits_split
 from ..image_folder import DEFAULT_HOLDOUT, IMAGE_EXTENSIONS, folder_splits, is_image, scan_folder, split_folder
+from ..sources import NoImagesError, resolve
 
-
-class NoImagesError(RubikError):
-    """A data folder with no image files in it."""
+__all__ = ["LabelledImages", "NoImagesError", "open_images", "sample", "sample_photos"]
 
 
 @dataclass
@@ -51,12 +49,10 @@ def open_images(source: str | Path, split: str = "train",
     `split`: "train", or "test"/"eval" for the evaluation split. A labelled folder without an evaluation
     split is split as training split it: `holdout` (fraction, seed) of each class held out (the run's
     `.holdout`), so the int8 check scores the images `rubik eval` scores and calibration never sees them."""
-    if str(source) == DIGITS:
+    src = resolve(source, "images")
+    if src.embedded:
         return _digits(split)
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise NoImagesError(f"image folder {root} does not exist; pass a folder of images (ROOT/CLASS/*.jpg) "
-                            "or 'digits'")
+    root = src.root
     eval_folder = split_folder(root, "eval")
     if eval_folder == root:
         # no evaluation split: hold out what training held out (a labelled tree only; see below)

@@ -26,11 +26,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import RubikError
-from ..train.data import IMAGE_EXTENSIONS, CorruptImageError
+from ..image_folder import IMAGE_EXTENSIONS
+from ..sources import COCO, DIGITS, EMBEDDED_IMAGES, Source, resolve
+from ..train.data import CorruptImageError
 
-EMBEDDED = "digits"
+EMBEDDED = DIGITS  # the embedded set's name, for detect/task.py until it asks rubik.sources
 EMBEDDED_SIZE = 160  # px, square canvases
-EMBEDDED_COUNTS = {"train": 1200, "val": 240}
+EMBEDDED_COUNTS = {"train": EMBEDDED_IMAGES, "val": EMBEDDED_IMAGES // 5}
 
 
 class AnnotationError(RubikError):
@@ -342,34 +344,31 @@ def _holdout(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sa
     return [samples[i] for i in sorted(order[n_val:])], [samples[i] for i in sorted(order[:n_val])]
 
 
-def _coco_splits(root: Path) -> dict[str, Path]:
-    files = sorted((root / "annotations").glob("instances_*.json"))
-    return {f.stem[len("instances_"):]: f for f in files}
+def _coco_splits(source: Source) -> dict[str, Path]:
+    """{split name: annotation file}: the one file given, or every annotations/instances_<split>.json."""
+    files = [source.annotation] if source.annotation else sorted((source.root / "annotations").glob("instances_*.json"))
+    return {f.stem.removeprefix("instances_"): f for f in files}
 
 
-def open_detection_data(source: str, val_split: float = 0.1, seed: int = 0, strict: bool = False,
+def open_detection_data(source: str | Source, val_split: float = 0.1, seed: int = 0, strict: bool = False,
                         classes: list[str] | None = None, split: str | None = None) -> DetectionData:
-    """Training and validation sets from a COCO folder, a VOC folder, or the embedded `digits[:K]`.
+    """Training and validation sets from a COCO folder or annotation file, a VOC folder, or the embedded
+    `digits[:K[:N]]` (rubik.sources resolves which).
 
     `split="val"` (for evaluation) reads only what validation needs. `classes`, when given (a trained model's),
     fixes the class order.
     """
-    if source == EMBEDDED or source.startswith(EMBEDDED + ":"):
-        return open_embedded(source, seed)
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise RubikError(f"detection data folder {root} does not exist; pass a COCO folder "
-                         "(DIR/annotations/instances_<split>.json), a VOC folder (DIR/Annotations/), or 'digits'")
-    if (root / "annotations").is_dir():
-        return _open_coco(root, val_split, seed, strict, classes, split)
-    if (root / "Annotations").is_dir():
-        return _open_voc(root, val_split, seed, strict, classes)
-    raise RubikError(f"{root} is neither a COCO folder (annotations/instances_<split>.json) nor a VOC folder "
-                     "(Annotations/*.xml + JPEGImages/); rearrange it, or pass 'digits' for the embedded set")
+    src = resolve(source, "detect")
+    if src.embedded:
+        return open_embedded(src)
+    if src.kind == COCO:
+        return _open_coco(src, val_split, seed, strict, classes, split)
+    return _open_voc(src.root, val_split, seed, strict, classes)
 
 
-def _open_coco(root, val_split, seed, strict, classes, split) -> DetectionData:
-    files = _coco_splits(root)
+def _open_coco(source: Source, val_split, seed, strict, classes, split) -> DetectionData:
+    root = source.root
+    files = _coco_splits(source)
     if not files:
         raise AnnotationError(f"no annotations/instances_<split>.json in {root}; the COCO layout is "
                               "DIR/annotations/instances_train.json + DIR/train/ (and instances_val.json + DIR/val/)")
@@ -500,16 +499,9 @@ class EmbeddedDigits:
         return canvas
 
 
-def open_embedded(source: str, seed: int = 0) -> DetectionData:
-    parts = source.split(":")
-    try:
-        k = int(parts[1]) if len(parts) > 1 else 10
-        n = int(parts[2]) if len(parts) > 2 else EMBEDDED_COUNTS["train"]
-    except ValueError:
-        k = n = 0
-    if len(parts) > 3 or not 1 <= k <= 10 or n < 10:
-        raise RubikError(f"embedded data {source!r}: write digits, digits:K or digits:K:N with K in 1..10 (the "
-                         "classes 0..K-1) and N >= 10 training images")
+def open_embedded(source: Source) -> DetectionData:
+    """The embedded set of a resolved `digits[:K[:N]]`: K classes, N training and max(20, N/5) validation images."""
+    k, n = source.num_classes, source.count
     splits = {}
     for split in ("train", "val"):
         gen = EmbeddedDigits(split, k, n if split == "train" else max(20, n // 5))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,19 +16,13 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision.transforms import v2
 
 from ..digits import CLASSES as DIGIT_CLASSES
-from ..digits import DIGITS, digits_split, upscale
+from ..digits import DIGITS, digits_split, upscale  # noqa: F401 (DIGITS re-exported for the trainer until it asks rubik.sources)
 from ..errors import RubikError
-from ..image_folder import EVAL_DIRS, IMAGE_EXTENSIONS, folder_splits, scan_folder  # noqa: F401 (re-exported)
+from ..image_folder import IMAGE_EXTENSIONS, folder_splits, split_folder
+from ..sources import TRAIN_DEFAULTS, resolve
 
-VAL_DIRS = EVAL_DIRS  # the folder convention is rubik.image_folder's, shared with eval and deploy
-
-# Digits are 8x8 grey images, upscaled once to the model's input: 64 px is plenty (and 3x faster to
-# train than TinyNet-E's own 106), flips change a digit's meaning, in-memory data needs no worker
-# processes. Crops keeping 80 % of the image or more and 3 warm-up epochs took the demo's twisted B0
-# from 95.0 to 97.2 % in 15 epochs with the official head init, and are at least as good (99.2 -> 99.4 %
-# best) with rubik's (benchmarks/digits_recipe.py).
-DIGITS_DEFAULTS: dict[str, Any] = {"resolution": 64, "hflip": 0.0, "crop_scale": [0.8, 1.0], "crop_pct": 1.0,
-                                   "warmup_epochs": 3.0, "num_workers": 0}
+# Until train/cli.py and search/study.py call rubik.sources.train_defaults (helper A's change): then delete.
+DIGITS_DEFAULTS = TRAIN_DEFAULTS[("classify", DIGITS)]
 
 
 class CorruptImageError(RubikError):
@@ -97,11 +90,10 @@ def worker_error(e: RubikError) -> RubikError:
 
 def class_count(source: str) -> int:
     """How many classes `digits` or an ImageFolder tree has, from its folder names alone (no image is read)."""
-    if source == DIGITS:
+    src = resolve(source, "classify")
+    if src.embedded:
         return len(DIGIT_CLASSES)
-    root = Path(source).expanduser()
-    root = root / "train" if (root / "train").is_dir() else root
-    return sum(1 for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sum(1 for d in split_folder(src.root, "train").iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def open_data(source: str, resolution: int, val_split: float = 0.1, seed: int = 0, strict: bool = False) -> DataSplits:
@@ -110,16 +102,12 @@ def open_data(source: str, resolution: int, val_split: float = 0.1, seed: int = 
     A tree with train/ and val/ (or valid/, validation/, test/) uses them; otherwise the classes
     directly under the root are split `val_split` for validation.
     """
-    if source == DIGITS:
+    src = resolve(source, "classify")
+    if src.embedded:
         train = DigitsImages("train", resolution)
         return DataSplits(train, DigitsImages("test", resolution), train.classes,
                           "digits (scikit-learn, 1437 train / 360 test)")
-    root = Path(source).expanduser()
-    if not root.exists():
-        raise RubikError(f"data folder {root} does not exist; pass an ImageFolder tree (ROOT/train/CLASS/*.jpg "
-                         "and ROOT/val/CLASS/*.jpg, or ROOT/CLASS/*.jpg) or 'digits'")
-    if not root.is_dir():
-        raise RubikError(f"data path {root} is a file; pass a folder of class subfolders or 'digits'")
+    root = src.root
     splits = folder_splits(root, val_split, seed)
     train_samples, val_samples, classes, how = splits.train, splits.val, splits.classes, splits.how
     if not classes or not train_samples:

@@ -34,7 +34,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import RubikError
-from .data import DIGITS, CorruptImageError, DataSplits, EpochSampler, Shard, _interp
+from ..sources import is_embedded
+from .data import CorruptImageError, DataSplits, EpochSampler, Shard, _interp
 
 log = logging.getLogger("rubik.train")
 
@@ -280,7 +281,7 @@ def choose_data_path(mode: str, data: DataSplits, source: str, resolution: int, 
         raise RubikError(f"data_path must be auto, memory or files, not {mode!r}")
     if mode == "files":
         return "files", "--data-path files"
-    if source == DIGITS:
+    if is_embedded(source):
         return ("memory", "--data-path memory") if mode == "memory" else \
             ("files", "digits are decoded in memory already")
     paths = [p for p, _ in data.train.samples] + [p for p, _ in data.val.samples]
@@ -301,7 +302,7 @@ def choose_data_path(mode: str, data: DataSplits, source: str, resolution: int, 
 def memory_splits(data: DataSplits, source: str, resolution: int, crop_pct: float, cache_dir: Path,
                   strict: bool = False, build: bool = True) -> tuple[MemoryImages, MemoryImages]:
     """Train and validation splits of `data` over one decoded cache (both splits' files together)."""
-    if source == DIGITS:
+    if is_embedded(source):  # DigitsImages: decoded at the resolution already
         def rows(ds):
             n = len(ds)
             return MemoryImages(ds.images.permute(0, 2, 3, 1).contiguous(), torch.arange(n),
