@@ -57,7 +57,7 @@ def main() -> None:
     from rubik.deploy.quantize import check_int8
     from rubik.models import get_spec
     from rubik.train import build_config, train
-    from rubik.train.data import DIGITS_DEFAULTS
+    from rubik.sources import train_defaults
 
     base = replace(get_spec("efficientnet_b0"), resolution=64)
     spec = Twister(base).to_ratio(0.25).spec
@@ -71,7 +71,7 @@ def main() -> None:
                 continue
             mbconv.init_weights = official_head_init if head_init == "official" else rubik_init
             run = Path(tmp) / f"run{i}"
-            c = build_config(data_defaults=DIGITS_DEFAULTS, cli_values={
+            c = build_config(data_defaults=train_defaults("digits"), cli_values={
                 "model": spec.to_dict(), "data": "digits", "resolution": spec.resolution, "epochs": epochs,
                 "seed": args.seed, "log_every": 0, **overrides})
             train(c, run, progress=False)
