@@ -56,8 +56,8 @@ def main() -> None:
     from rubik.deploy.images import open_images
     from rubik.deploy.quantize import check_int8
     from rubik.models import get_spec
-    from rubik.train import build_config, train
     from rubik.sources import train_defaults
+    from rubik.train import build_config, train
 
     base = replace(get_spec("efficientnet_b0"), resolution=64)
     spec = Twister(base).to_ratio(0.25).spec
