@@ -211,11 +211,11 @@ def cifar_root(work: Path) -> Path:
 
 def train_cifar(work: Path, arch: str, epochs: int) -> Path:
     """`rubik train` on CIFAR-10 at 32 px with the `small` recipe (cached under --work)."""
+    from rubik.run import RunDir
     from rubik.train import build_config, train
-    from rubik.train.run_dir import epochs_done
 
     run = work / f"cifar-{arch}-32px-e{epochs}-crop08"
-    if epochs_done(run) >= epochs:
+    if RunDir(run).epochs_done() >= epochs:
         return run
     root = cifar_root(work)
     print(f"training {arch} at 32 px on CIFAR-10 (50,000 images), {epochs} epochs, with rubik train", flush=True)
@@ -229,11 +229,11 @@ def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, 
              executorch: bool = True) -> dict:
     import onnx
 
+    from rubik.classify.trained import load_classifier
     from rubik.deploy.export import set_metadata
-    from rubik.train.run_dir import load_trained
 
     run = run or train_cifar(work, arch, epochs)
-    model = load_trained(run)
+    model = load_classifier(run)
     root = cifar_root(work)
     resolution = model.spec.resolution
     fp32 = export_onnx(model, work / f"{run.name}.onnx")
@@ -274,13 +274,13 @@ def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, 
 def accuracy_row(work: Path, arch: str, epochs: int, eval_n: int, threads: int, max_drop: float) -> dict:
     """fp32 and int8 top-1 of one CIFAR-10 model through both runtimes, as `rubik export --int8` makes the files
     (calibration, boundary and precision plan included), checked on `eval_n` test images."""
+    from rubik.classify.trained import load_classifier
     from rubik.deploy.executorch import export_executorch
     from rubik.deploy.precision_plan import export_executorch_planned
     from rubik.deploy.quantize import Int8Gate, export_int8
-    from rubik.train.run_dir import load_trained
 
     run = train_cifar(work, arch, epochs)
-    model = load_trained(run)
+    model = load_classifier(run)
     root = cifar_root(work)
     train_images = open_images(root, "train")
     calib_idx = sample(train_images, 256, seed=0)

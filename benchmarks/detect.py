@@ -98,8 +98,8 @@ def make_dataset(root: Path, canvas: int, n_train: int, n_val: int, seed: int = 
 
 def train_one(model: str, data: Path, out: Path, args, seed: int = 0) -> dict:
     from rubik.detect.task import DetectionTask, data_defaults
+    from rubik.run import RunDir
     from rubik.train.recipes import build_config
-    from rubik.train.run_dir import epochs_done
     from rubik.train.trainer import train
 
     cli = {"model": model, "data": str(data), "epochs": args.epochs, "batch_size": args.batch_size,
@@ -108,13 +108,13 @@ def train_one(model: str, data: Path, out: Path, args, seed: int = 0) -> dict:
     if args.steps:
         cli["steps_per_epoch"] = args.steps
     config = build_config(data_defaults=data_defaults(str(data)), yaml_values={}, cli_values=cli)
-    if epochs_done(out) >= args.epochs:
+    if RunDir(out).epochs_done() >= args.epochs:
         print(f"{model}: reusing the finished run {out}", flush=True)
     else:
         t = time.perf_counter()  # a stopped run continues from its last checkpoint
         train(config, out, resume=True, task=DetectionTask(config), progress=False)
         print(f"{model}: trained in {time.perf_counter() - t:.0f} s", flush=True)
-    return json.loads((out / "best.json").read_text())
+    return RunDir(out).best()
 
 
 def main() -> None:
@@ -170,7 +170,7 @@ def main() -> None:
         int8 = out / f"{model}.int8.onnx"
         quantize_detector(source, calib, int8, calib_n=len(calib))
         x = np.random.default_rng(0).random((1, 3, args.resolution, args.resolution), dtype=np.float32)
-        row = {"model": model, "map": best["top1"], "map50": best["top5"], "macs_m": macs / 1e6,
+        row = {"model": model, "map": best["map"], "map50": best["map50"], "macs_m": macs / 1e6,
                "params_m": params / 1e6}
         for tag, path in (("fp32", fp32), ("int8", int8)):
             deployed = Detector(path, threads=1)

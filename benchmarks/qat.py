@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rubik.classify.trained import load_classifier  # noqa: E402
 from rubik.deploy.export import export_onnx  # noqa: E402
 from rubik.deploy.images import open_images, sample  # noqa: E402
 from rubik.deploy.quantize import check_int8, quantize_int8  # noqa: E402
-from rubik.train.run_dir import load_trained  # noqa: E402
 
 
 def train(out: Path, *args: str) -> None:
@@ -41,7 +41,7 @@ def train(out: Path, *args: str) -> None:
 
 def score(run: Path, data: str, work: Path) -> dict[str, float]:
     """fp32 and int8 top-1 (%) of a run on the test split."""
-    model = load_trained(str(run))
+    model = load_classifier(str(run))
     fp32 = export_onnx(model, work / f"{run.name}.onnx")
     calib = open_images(data, "train")
     calib_images = calib.subset(sample(calib, 256, seed=0)).images

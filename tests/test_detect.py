@@ -293,7 +293,7 @@ def test_a_run_from_before_the_expansion_tap_still_loads(tmp_path):
     from safetensors.torch import save_file
 
     from rubik.detect.cli import load_detector
-    from rubik.train.run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
+    from rubik.run import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
 
     old = get_detector_spec({"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 96, "tap16": "stage"})
     det = build_detector(old, 2)
@@ -401,7 +401,7 @@ def test_backbone_norm_defaults_to_torchvisions_ssdlite_batchnorm_and_old_runs_k
     from safetensors.torch import save_file
 
     from rubik.detect.cli import load_detector
-    from rubik.train.run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
+    from rubik.run import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
 
     def backbone_bns(det):
         return [m for m in det.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -7,8 +7,8 @@ import torch
 from train_helpers import QUICK, TINY_SPEC, make_image_folder, rubik_cli, sets
 
 import rubik
+from rubik.classify.trained import load_classifier
 from rubik.train.qat import QATConv2d, QATLinear, fake_quant_weight, load_ranges, measure_ranges, prepare_qat
-from rubik.train.run_dir import load_trained
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_train_qat_fine_tunes_a_run_and_resumes(tmp_path):
     assert "quantization-aware" in r.stdout
     ranges = json.loads((qat / "qat.json").read_text())
     assert ranges["conv_stem"] == [0.0, 0.0] and ranges["classifier"][1] > 0
-    net = load_trained(str(qat))  # plain float weights, plain model
+    net = load_classifier(str(qat))  # plain float weights, plain model
     assert type(net.conv_stem) is torch.nn.Conv2d
 
     # Resuming reads the ranges back rather than measuring them on the changed weights.

@@ -12,12 +12,12 @@ import pytest
 import torch
 from train_helpers import QUICK, TINY_SPEC, make_image_folder, rubik_cli, write_spec
 
+from rubik.classify.trained import load_classifier
 from rubik.errors import RubikError
 from rubik.models.weights import read_state_dict
 from rubik.train import build_config, checkpoint, train
 from rubik.train.data import DIGITS_DEFAULTS, EpochSampler, open_data
 from rubik.train.recipes import RECIPES, load_yaml, parse_overrides
-from rubik.train.run_dir import load_trained
 
 
 def quick(**values) -> dict:
@@ -102,8 +102,8 @@ def test_short_run_writes_the_run_directory(tmp_path):
     assert best["top1"] == pytest.approx(max(max(float(r["val_top1"]), float(r["ema_val_top1"])) for r in rows),
                                          abs=1e-3)
     assert best == summary["best"]
-    # The deploy contract: load_trained rebuilds the model with its class names.
-    model = load_trained(run)
+    # The deploy contract: load_classifier rebuilds the model with its class names.
+    model = load_classifier(run)
     assert model.classes == ["blue", "green", "red"] and model.classifier.out_features == 3
     assert all(float(r["images_per_s"]) > 0 and float(r["lr"]) > 0 for r in rows)
 
@@ -349,18 +349,19 @@ def test_rmsprop_tf_puts_eps_inside_the_root_and_starts_the_average_at_one():
 
 
 def test_resume_with_more_epochs_follows_the_longer_schedule(tmp_path):
+    from rubik.run import RunDir
     from rubik.train.recipes import apply
-    from rubik.train.run_dir import epochs_done
 
     data = make_image_folder(tmp_path / "data")
     run = tmp_path / "run"
     c = build_config(cli_values=quick(data=str(data), epochs=1, min_lr=0.0, ema_decay=0.0))
     train(c, run)
     # A run stopped short of its epochs already has its deploy weights; epochs_done tells it from a finished one.
-    assert (run / "best.safetensors").is_file() and epochs_done(run) == 1 and epochs_done(tmp_path / "none") == 0
+    assert (run / "best.safetensors").is_file() and RunDir(run).epochs_done() == 1
+    assert RunDir(tmp_path / "none").epochs_done() == 0
     train(apply(c, {"epochs": 3}, "test"), run, resume=True)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and epochs_done(run) == 3
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and RunDir(run).epochs_done() == 3
     lr = c.lr * c.batch_size / c.lr_base_batch
     # Cosine over 3 epochs, read at the end of epoch 2: (1 + cos(2 pi / 3)) / 2 = 1/4 of the peak.
     assert float(rows[1]["lr"]) == pytest.approx(lr / 4, rel=1e-4)

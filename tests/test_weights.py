@@ -125,10 +125,11 @@ def test_pretrained_loads_what_the_hub_returns(monkeypatch, tmp_path, trained):
     assert torch.equal(model.conv_stem.weight, trained.conv_stem.weight)
 
 
-def test_load_trained_from_run_dir_and_from_file(tmp_path, trained):
+def test_load_classifier_from_run_dir_and_from_file(tmp_path, trained):
     import json
 
-    from rubik.train.run_dir import load_trained
+    from rubik.classify.trained import load_classifier
+    from rubik.errors import RubikError
 
     small = rubik.create_model("tinynet_e", num_classes=3).eval()
     run = tmp_path / "run"
@@ -136,12 +137,12 @@ def test_load_trained_from_run_dir_and_from_file(tmp_path, trained):
     save_file(small.state_dict(), str(run / "best.safetensors"))
     (run / "model.json").write_text(json.dumps({"model": small.spec.to_dict(), "num_classes": 3,
                                                 "classes": ["a", "b", "c"]}))
-    loaded = load_trained(run)
+    loaded = load_classifier(run)
     assert loaded.classes == ["a", "b", "c"] and loaded.classifier.out_features == 3
     assert torch.equal(loaded.conv_stem.weight, small.conv_stem.weight)
-    from_file = load_trained(run / "best.safetensors", model="tinynet_e")
+    from_file = load_classifier(run / "best.safetensors", model="tinynet_e")
     assert from_file.classifier.out_features == 3
     with pytest.raises(WeightsError, match="--model"):
-        load_trained(run / "best.safetensors")
-    with pytest.raises(WeightsError, match="not a training run"):
-        load_trained(tmp_path)
+        load_classifier(run / "best.safetensors")
+    with pytest.raises(RubikError, match="not a training run"):
+        load_classifier(tmp_path)

@@ -205,11 +205,11 @@ def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 1
                 runner = _ort_runner if target.endswith(".onnx") else _et_runner
                 fns[FILE_BACKEND] = runner(path, x, threads)
             else:
+                from ..classify.trained import load_classifier
                 from ..models.weights import create_model
                 from ..profile import count
-                from ..train.run_dir import load_trained
 
-                model = load_trained(weights, target) if weights else realistic_batchnorm(create_model(target))
+                model = load_classifier(weights, target) if weights else realistic_batchnorm(create_model(target))
                 name, res = model.spec.name, model.spec.resolution
                 macs, _ = count(model, res)
                 xt = torch.randn(batch, 3, res, res)

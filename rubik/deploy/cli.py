@@ -12,14 +12,14 @@ FORMATS = ("onnx", "executorch", "ncnn")
 
 
 def _load_model(args: argparse.Namespace):
+    from ..classify.trained import load_classifier
     from ..models.weights import create_model
-    from ..train.run_dir import load_trained
 
     if args.weights:
         if not Path(args.weights).exists():
             raise RubikError(f"weights {args.weights} do not exist; pass a training run directory "
                              "(with model.json and best.safetensors) or a .safetensors/.pth file")
-        return load_trained(args.weights, args.model)
+        return load_classifier(args.weights, args.model)
     if not args.model:
         raise RubikError("name the model: --model NAME|SPEC.json, or --weights RUN_DIR")
     if args.pretrained:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..errors import RubikError
-from ..train.run_dir import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
+from ..run import locate_weights
 
 
 def load_detector(weights: str | Path, model=None):
@@ -16,34 +16,36 @@ def load_detector(weights: str | Path, model=None):
     from ..models.weights import WeightsError, load_weights, read_state_dict
     from .model import build_detector
 
-    path, classes = Path(weights), None
-    if path.is_dir():
-        meta_path = path / RUN_MODEL_FILE
-        if not meta_path.is_file():
-            raise WeightsError(f"{path} is not a training run directory (no {RUN_MODEL_FILE}); pass the run "
-                               "directory that `rubik train --out` wrote, or a weights file with --model")
-        meta = json.loads(meta_path.read_text())
-        model, classes = model or meta["model"], meta.get("classes")
-        if isinstance(model, dict) and "tap16" not in model:
-            model = {**model, "tap16": "stage"}  # a run from before the expansion tap: built as it was trained
-        if isinstance(model, dict) and "backbone_norm" not in model:
-            model = {**model, "backbone_norm": "model"}  # a run from before the field: its BatchNorm eps as trained
-        num_classes = int(meta["num_classes"])
-        path = path / RUN_WEIGHTS_FILE
+    path, record = locate_weights(weights)
+    if record is not None:
+        if record.task != "detect":
+            raise RubikError(f"{weights} is a run of task {record.task!r}, not a detector; load it with that "
+                             "task's loader (a classifier: rubik.classify.trained.load_classifier)")
         state = read_state_dict(path)
+        net = build_detector(model or record.model, record.num_classes, classes=record.classes)
     else:
         if model is None:
             raise WeightsError(f"weights file {path} does not say which detector it is for; name one (--model NAME)")
         state = read_state_dict(path)
-        logits = next((v for k, v in state.items() if k.endswith("classification_head.module_list.0.1.weight")
-                       or k.endswith("classification_head.module_list.0.1.0.weight")), None)
-        if logits is None:
-            raise WeightsError(f"weights file {path} holds no SSDLite classification head; is it a detector's?")
-        anchors = 6  # ssdlite's default boxes per location on the first map
-        num_classes = logits.shape[0] // anchors - 1
-    net = build_detector(model, num_classes, classes=classes)
+        net = build_detector(model, _num_classes(state, path))
     load_weights(net, state, source=f"weights file {path}")
     return net.eval()
+
+
+def _num_classes(state: dict, path: Path) -> int:
+    """Object classes of SSDLite weights: the first head level predicts, per location, 4 box offsets and
+    (classes + background) scores for each default box, so the box regressor's channels / 4 are the boxes
+    per location the spec's anchor generator made, and the classifier's channels / boxes - 1 the classes."""
+    from ..models.weights import WeightsError
+
+    def head(name: str):
+        return next((v for k, v in state.items() if k.endswith((f"{name}.module_list.0.1.weight",
+                                                                f"{name}.module_list.0.1.0.weight"))), None)
+
+    logits, boxes = head("classification_head"), head("regression_head")
+    if logits is None or boxes is None:
+        raise WeightsError(f"weights file {path} holds no SSDLite classification head; is it a detector's?")
+    return logits.shape[0] // (boxes.shape[0] // 4) - 1
 
 
 def _resize_input(image, resolution: int):

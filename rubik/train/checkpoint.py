@@ -9,62 +9,19 @@ name is always complete. Only the newest `keep_last` are kept, and only after a 
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import RubikError
+# atomic_write, atomic_write_text and DiskFullError are imported from here by the trainer and tests
+from ..files import DiskFullError, atomic_write, atomic_write_text, disk_error, fsync_dir, fsync_file  # noqa: F401
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
 PREFIX = "step-"
-
-
-class DiskFullError(RubikError):
-    """The disk filled up while saving; the previous checkpoint is intact."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _disk_error(e: OSError, target: Path) -> RubikError:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"disk full while saving {target}; the previous checkpoint and weights are intact: "
-                             "free some space, then continue with `rubik train --resume RUN_DIR`")
-    return RubikError(f"could not write {target} ({e.strerror or e}); check the folder's permissions and free space")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through `write(tmp_path)`, fsync, then rename over `path`: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _disk_error(e, path) from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -97,8 +54,8 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict[str, torch
             save_tensors(tmp / f"{stem}.safetensors", tensors)
         torch.save(state, tmp / STATE_FILE)
         for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
+            fsync_file(f)
+        fsync_dir(tmp)
         if final.exists():  # the same step written again after a resume: swap, never leave neither
             old = folder / f".{final.name}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -107,10 +64,10 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict[str, torch
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _disk_error(e, final) from None
+        raise disk_error(e, final) from None
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

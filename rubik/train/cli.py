@@ -151,9 +151,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(weights: str, model: str | None):
-    from .run_dir import load_trained
+    from ..classify.trained import load_classifier
 
-    return load_trained(weights, model)
+    return load_classifier(weights, model)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
@@ -21,18 +20,16 @@ def _pyplot():
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     """Loss, top-1 (raw and EMA weights) and learning rate per epoch, as one PNG."""
-    from .run_dir import RUN_METRICS_FILE as METRICS_FILE
+    from ..run import RUN_METRICS_FILE, RunDir
 
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        raise RubikError(f"{run_dir} has no {METRICS_FILE}: pass a run directory that trained at least one epoch")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    if not (run_dir / RUN_METRICS_FILE).is_file():
+        raise RubikError(f"{run_dir} has no {RUN_METRICS_FILE}: pass a run directory that trained at least one epoch")
+    rows = RunDir(run_dir).metrics()
     if not rows:
-        raise RubikError(f"{path} has no rows yet: wait for the first epoch to finish")
+        raise RubikError(f"{run_dir / RUN_METRICS_FILE} has no rows yet: wait for the first epoch to finish")
 
     def col(name: str) -> list[float]:
-        return [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in rows]
+        return [r.get(name, float("nan")) for r in rows]
 
     epochs = col("epoch")
     plt = _pyplot()

@@ -1,0 +1,1 @@
+"""Classification: the classifier task (`ClassificationTask`) and loading a trained classifier."""
