@@ -24,6 +24,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .deploy.quantize import check_int8
     from .errors import RubikError
     from .models import get_spec
+    from .run import RunDir
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):
@@ -64,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     def cell(key):
         return f"{ms[key]:.2f}" if key in ms else "-"
 
-    best = json.loads((run / "best.json").read_text()) if (run / "best.json").exists() else {}
+    best = RunDir(run).best() or {}
     print()
     fmt = "{:<30} {:>6} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9}"
     print(fmt.format("model", "input", "MACs M", "top-1 fp32", "top-1 int8", "eager ms", "ORT fp32", "ORT int8"))
