@@ -36,11 +36,9 @@ def cmd_run(args: argparse.Namespace) -> None:
                               references=args.references, data=args.data, latency=args.latency)
     if args.lr is not None:
         settings.overrides["lr"] = args.lr
-    if args.data != "digits" and not Path(args.data).is_dir():
-        raise RubikError(f"data folder {args.data} does not exist; pass an ImageFolder tree or 'digits'")
     from ..train.data import class_count
 
-    settings.num_classes = class_count(args.data)  # budgets count the head the trials train
+    settings.num_classes = class_count(args.data)  # budgets count the head the trials train (resolves --data)
     training_config(settings, base_spec(settings), args.data, args.workers)  # bad --set keys fail before any trial
     storage = _storage(args, args.heartbeat)
     study = create_or_join(args.study, settings, args.trials, storage)
