@@ -15,7 +15,7 @@ from rubik.deploy.images import open_images
 from rubik.detect.data import open_detection_data
 from rubik.errors import RubikError
 from rubik.sources import COCO, DIGITS, EMBEDDED, FOLDER, VOC, NoImagesError, loader_workers, resolve, train_defaults
-from rubik.train.data import class_count, open_data
+from rubik.train.data import class_count, open_data, open_eval_split
 from rubik.train.recipes import build_config
 
 
@@ -80,6 +80,17 @@ def test_image_folders_resolve_flat_or_split_and_count_their_classes(tmp_path):
     _png(loose / "a.png")
     _png(loose / "x" / "y" / "b.png")
     assert resolve(loose, "images").kind == FOLDER and open_images(loose).labels is None
+
+
+def test_the_eval_split_is_what_training_validated_on_and_what_deploy_checks(tmp_path):
+    assert len(open_eval_split("digits", 16)) == 360
+    flat = _classes(tmp_path / "flat", n=10)
+    held = open_eval_split(str(flat), 16, (0.2, 3))
+    assert held.samples == open_data(str(flat), 16, val_split=0.2, seed=3).val.samples and len(held) == 4
+    assert [p for p, _ in held.samples] == open_images(flat, "test", (0.2, 3)).images
+    only = tmp_path / "only"  # an evaluation folder alone is scored whole
+    _classes(only / "test", n=2)
+    assert [t for _, t in open_eval_split(str(only), 16).samples] == [0, 0, 1, 1]
 
 
 def test_coco_folder_and_a_coco_file_resolve(tmp_path):

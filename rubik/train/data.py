@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from ..digits import CLASSES as DIGIT_CLASSES
 from ..digits import DIGITS, digits_split, upscale  # noqa: F401 (DIGITS re-exported for the trainer until it asks rubik.sources)
 from ..errors import RubikError
-from ..image_folder import IMAGE_EXTENSIONS, folder_splits, split_folder
+from ..image_folder import DEFAULT_HOLDOUT, IMAGE_EXTENSIONS, folder_splits, scan_folder, split_folder
 from ..sources import TRAIN_DEFAULTS, resolve
 
 # Until train/cli.py and search/study.py call rubik.sources.train_defaults (helper A's change): then delete.
@@ -120,6 +120,24 @@ def open_data(source: str, resolution: int, val_split: float = 0.1, seed: int = 
     desc = f"{how}: {len(classes)} classes, {len(train_samples)} train / {len(val_samples)} val images"
     return DataSplits(ImageFiles(train_samples, classes, strict), ImageFiles(val_samples, classes, strict),
                       classes, desc)
+
+
+def open_eval_split(source: str, resolution: int, holdout: tuple[float, int] = DEFAULT_HOLDOUT,
+                    strict: bool = False) -> DigitsImages | ImageFiles:
+    """The images a classifier run validated on, for `rubik eval`: digits' test split, ROOT's evaluation folder
+    (val/, valid/, validation/ or test/), else the `holdout` (fraction, seed) the run held out of ROOT."""
+    src = resolve(source, "classify")
+    if src.embedded:
+        return DigitsImages("test", resolution)
+    folder = split_folder(src.root, "eval")
+    if folder != src.root:
+        samples, classes = scan_folder(folder)
+    else:
+        splits = folder_splits(src.root, *holdout)
+        samples, classes = splits.val, splits.classes
+    if not samples:
+        raise RubikError(f"no images found under {folder}; expected ROOT/val/CLASS/IMAGE or ROOT/CLASS/IMAGE")
+    return ImageFiles(samples, classes, strict)
 
 
 def _interp(name: str) -> v2.InterpolationMode:
