@@ -97,7 +97,7 @@ def make_dataset(root: Path, canvas: int, n_train: int, n_val: int, seed: int = 
 
 
 def train_one(model: str, data: Path, out: Path, args, seed: int = 0) -> dict:
-    from rubik.detect.task import DetectionTask, data_defaults
+    from rubik.detect.task import DetectionTask
     from rubik.run import RunDir
     from rubik.train.recipes import build_config
     from rubik.train.trainer import train
@@ -107,7 +107,7 @@ def train_one(model: str, data: Path, out: Path, args, seed: int = 0) -> dict:
            "device": args.device}
     if args.steps:
         cli["steps_per_epoch"] = args.steps
-    config = build_config(data_defaults=data_defaults(str(data)), yaml_values={}, cli_values=cli)
+    config = build_config(data_defaults=DetectionTask.data_defaults(str(data)), yaml_values={}, cli_values=cli)
     if RunDir(out).epochs_done() >= args.epochs:
         print(f"{model}: reusing the finished run {out}", flush=True)
     else:

@@ -16,13 +16,10 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 from torchvision.transforms import v2
 
 from ..digits import CLASSES as DIGIT_CLASSES
-from ..digits import DIGITS, digits_split, upscale  # noqa: F401 (DIGITS re-exported for the trainer until it asks rubik.sources)
+from ..digits import DIGITS, digits_split, upscale  # noqa: F401 (DIGITS: for train/cli.cmd_eval until it calls open_eval_split)
 from ..errors import RubikError
 from ..image_folder import DEFAULT_HOLDOUT, IMAGE_EXTENSIONS, folder_splits, scan_folder, split_folder
-from ..sources import TRAIN_DEFAULTS, resolve
-
-# Until train/cli.py and search/study.py call rubik.sources.train_defaults (helper A's change): then delete.
-DIGITS_DEFAULTS = TRAIN_DEFAULTS[("classify", DIGITS)]
+from ..sources import resolve
 
 
 class CorruptImageError(RubikError):
