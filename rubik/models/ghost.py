@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -76,25 +77,32 @@ class GhostModule(nn.Module):
         return out[:, : self.out_ch] if out.shape[1] > self.out_ch else out
 
 
+def ghost_shortcut(in_ch: int, out_ch: int, kernel: int, stride: int) -> nn.Sequential:
+    """Empty (the identity) where the shape stays, else a depthwise KxK (strided) then a 1x1 projection."""
+    if in_ch == out_ch and stride == 1:
+        return nn.Sequential()
+    return nn.Sequential(*conv_bn(in_ch, in_ch, kernel, stride, groups=in_ch), *conv_bn(in_ch, out_ch, 1))
+
+
 class GhostBottleneck(Residual):
-    """Ghost module (expand) -> [strided depthwise] -> [SE] -> Ghost module (project) + shortcut."""
+    """Ghost module (expand) -> [strided depthwise] -> [SE] -> Ghost module (project) + shortcut.
+
+    `ghost1`: another expansion module (GhostNetV2's DFC-gated one) instead of a plain Ghost module.
+    """
 
     has_skip = True  # every Ghost bottleneck adds a shortcut, an identity or a projection
 
-    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, kernel: int, stride: int, se_ch: int):
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, kernel: int, stride: int, se_ch: int,
+                 ghost1: nn.Module | None = None):
         super().__init__()
-        self.ghost1 = GhostModule(in_ch, mid_ch, relu=True)
+        self.ghost1 = ghost1 or GhostModule(in_ch, mid_ch, relu=True)
         if stride > 1:
             self.conv_dw, self.bn_dw = conv_bn(mid_ch, mid_ch, kernel, stride, groups=mid_ch)
         else:
             self.conv_dw = self.bn_dw = None
         self.se = SqueezeExcite(mid_ch, se_ch, nn.ReLU, nn.Hardsigmoid) if se_ch else None
         self.ghost2 = GhostModule(mid_ch, out_ch, relu=False)
-        if in_ch == out_ch and stride == 1:
-            self.shortcut = nn.Sequential()
-        else:
-            self.shortcut = nn.Sequential(*conv_bn(in_ch, in_ch, kernel, stride, groups=in_ch),
-                                          *conv_bn(in_ch, out_ch, 1))
+        self.shortcut = ghost_shortcut(in_ch, out_ch, kernel, stride)
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """The first Ghost module's output (SSDLite taps it in the first stride-32 block)."""
@@ -197,13 +205,12 @@ def ghost_plan_macs(plan: GhostPlan, resolution: int, num_classes: int = 1000, i
     return macs + size * size * in_ch * plan.last + plan.last * plan.head + plan.head * num_classes
 
 
-class GhostNetBase(ClassifierNet):
-    """GhostNet's stem, groups of bottlenecks, last 1x1 ConvBnAct and head: what GhostNet v1, v2 and v3 share.
+class GhostNet(ClassifierNet):
+    """GhostNet (v1): stem, groups of bottlenecks, last 1x1 ConvBnAct and head, which v2 and v3 build on.
 
     A version differs only in its bottlenecks: `make_block(index, b)` builds the one at `index` (counted
     over the whole network) from its `GhostBlockPlan`; by default a `bottleneck` of the plan's channels.
-    V2 and V3 derive from this class, not from `GhostNet`: rubik.deploy splits every `GhostNet`'s Ghost
-    modules for ONNX export (`deploy.layout`), which knows v1's bottlenecks only.
+    rubik.deploy splits only v1's Ghost modules for ONNX export (`deploy.layout`): it checks the exact class.
     """
 
     bottleneck: type[nn.Module] = GhostBottleneck
@@ -234,21 +241,12 @@ class GhostNetBase(ClassifierNet):
         return self.blocks(self.act1(self.bn1(self.conv_stem(x))))
 
 
-class GhostNet(GhostNetBase):
-    """GhostNet (v1): `GhostBottleneck`s on GhostNetBase."""
-
-
 # The official GhostNet file spells the last ConvBnAct's BatchNorm `bn.`; timm (and rubik) `bn1.`.
 _OFFICIAL_BN = re.compile(r"^(blocks\.\d+\.\d+\.)bn\.")
 
 
 def _key_filter(state: dict) -> dict:
     return {_OFFICIAL_BN.sub(r"\1bn1.", k): v for k, v in state.items()}
-
-
-def _build(spec, num_classes: int = 1000, **kwargs) -> GhostNet:
-    kwargs.pop("drop_connect_rate", None)  # GhostNet has no stochastic depth
-    return GhostNet(spec.width, spec.depth, spec.rules, num_classes=num_classes, **kwargs)
 
 
 def _features(model: GhostNet) -> tuple[FeatureTap, ...]:
@@ -263,10 +261,22 @@ def _features(model: GhostNet) -> tuple[FeatureTap, ...]:
     return tuple(taps)
 
 
-FAMILY = Family(
-    name="ghostnet", stages=GHOSTNET_GROUPS, rules=GhostRules,
-    plan=lambda width, depth, rules: plan_ghostnet(width, depth, rules),
-    macs=ghost_plan_macs, build=_build, features=_features, classifier=("classifier",), key_filter=_key_filter,
-    formula="tinynet_paper.json", formula_rules=False,
-    # Before families had their own rules, GhostNet specs carried MBConv's (ignored by the builder).
-    legacy_rule_keys=frozenset({"depth_rounding", "stem", "head", "stem_channels"}))
+def ghost_family(name: str, model: type[GhostNet], macs: Callable[..., int],
+                 key_filter: Callable[[dict], dict] = _key_filter,
+                 legacy_rule_keys: frozenset[str] = frozenset()) -> Family:
+    """The family of a GhostNet version: GhostNet's table, rules, plan, feature taps and head; `model`'s blocks."""
+
+    def build(spec, num_classes: int = 1000, **kwargs) -> GhostNet:
+        kwargs.pop("drop_connect_rate", None)  # GhostNet has no stochastic depth
+        return model(spec.width, spec.depth, spec.rules, num_classes=num_classes, **kwargs)
+
+    return Family(
+        name=name, stages=GHOSTNET_GROUPS, rules=GhostRules,
+        plan=lambda width, depth, rules: plan_ghostnet(width, depth, rules),
+        macs=macs, build=build, features=_features, classifier=("classifier",), key_filter=key_filter,
+        formula="tinynet_paper.json", formula_rules=False, legacy_rule_keys=legacy_rule_keys)
+
+
+# Before families had their own rules, GhostNet specs carried MBConv's (ignored by the builder).
+FAMILY = ghost_family("ghostnet", GhostNet, ghost_plan_macs,
+                      legacy_rule_keys=frozenset({"depth_rounding", "stem", "head", "stem_channels"}))

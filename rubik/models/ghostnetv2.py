@@ -14,20 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .family import Family
-from .ghost import (
-    GHOSTNET_GROUPS,
-    GhostBlockPlan,
-    GhostModule,
-    GhostNetBase,
-    GhostPlan,
-    GhostRules,
-    ghost_plan_macs,
-    plan_ghostnet,
-)
-from .ghost import _features as ghost_features
-from .ghost import _key_filter as ghost_key_filter
-from .layers import Residual, SqueezeExcite, conv_bn, out_size
+from .ghost import GhostBlockPlan, GhostBottleneck, GhostModule, GhostNet, GhostPlan, ghost_family, ghost_plan_macs
+from .layers import conv_bn, out_size
 
 # Bottlenecks with index >= ATTENTION_FROM (counted over the whole network) gate their expansion
 # Ghost module with DFC attention; the first two, at the highest resolutions, do not (as published).
@@ -80,44 +68,13 @@ class GhostModuleV2(GhostModule):
         return dfc_gate(self.short_conv, x, super().forward(x))
 
 
-class GhostBottleneckV2(Residual):
+class GhostBottleneckV2(GhostBottleneck):
     """GhostNet v1's bottleneck, with a DFC-gated expansion module when `attention`."""
-
-    has_skip = True
 
     def __init__(self, in_ch: int, mid_ch: int, out_ch: int, kernel: int, stride: int, se_ch: int,
                  attention: bool = True):
-        super().__init__()
-        self.ghost1 = GhostModuleV2(in_ch, mid_ch) if attention else GhostModule(in_ch, mid_ch)
-        if stride > 1:
-            self.conv_dw, self.bn_dw = conv_bn(mid_ch, mid_ch, kernel, stride, groups=mid_ch)
-        else:
-            self.conv_dw = self.bn_dw = None
-        self.se = SqueezeExcite(mid_ch, se_ch, nn.ReLU, nn.Hardsigmoid) if se_ch else None
-        self.ghost2 = GhostModule(mid_ch, out_ch, relu=False)
-        self.shortcut = shortcut(in_ch, out_ch, kernel, stride)
-
-    def expand(self, x: torch.Tensor) -> torch.Tensor:
-        """The first Ghost module's output (SSDLite taps it in the first stride-32 block)."""
-        return self.ghost1(x)
-
-    def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The rest of the block, from its input `x` and expansion `y`."""
-        if self.conv_dw is not None:
-            y = self.bn_dw(self.conv_dw(y))
-        if self.se is not None:
-            y = self.se(y)
-        return self.ghost2(y) + self.shortcut(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(x, self.expand(x))
-
-
-def shortcut(in_ch: int, out_ch: int, kernel: int, stride: int) -> nn.Module:
-    """Identity, or a depthwise KxK (strided) then a 1x1 projection where the shape changes."""
-    if in_ch == out_ch and stride == 1:
-        return nn.Identity()
-    return nn.Sequential(*conv_bn(in_ch, in_ch, kernel, stride, groups=in_ch), *conv_bn(in_ch, out_ch, 1))
+        super().__init__(in_ch, mid_ch, out_ch, kernel, stride, se_ch,
+                         ghost1=GhostModuleV2(in_ch, mid_ch) if attention else None)
 
 
 def plan_macs(plan: GhostPlan, resolution: int, num_classes: int = 1000, in_chans: int = 3) -> int:
@@ -131,9 +88,8 @@ def plan_macs(plan: GhostPlan, resolution: int, num_classes: int = 1000, in_chan
     return macs
 
 
-class GhostNetV2(GhostNetBase):
-    """GhostNet's stem, groups of bottlenecks, last 1x1 ConvBnAct and head, with `bottleneck` blocks
-    whose expansion is DFC-gated from index ATTENTION_FROM on."""
+class GhostNetV2(GhostNet):
+    """GhostNet with `bottleneck` blocks whose expansion is DFC-gated from index ATTENTION_FROM on."""
 
     bottleneck: type[nn.Module] = GhostBottleneckV2
 
@@ -142,14 +98,4 @@ class GhostNetV2(GhostNetBase):
                                attention=index >= ATTENTION_FROM)
 
 
-def _build(spec, num_classes: int = 1000, **kwargs) -> GhostNetV2:
-    kwargs.pop("drop_connect_rate", None)  # no stochastic depth, as GhostNet
-    return GhostNetV2(spec.width, spec.depth, spec.rules, num_classes=num_classes, **kwargs)
-
-
-# Same table, scaling rules, feature taps (timm's: conv_stem, then each striding group) and head as GhostNet.
-FAMILY = Family(
-    name="ghostnetv2", stages=GHOSTNET_GROUPS, rules=GhostRules,
-    plan=lambda width, depth, rules: plan_ghostnet(width, depth, rules),
-    macs=plan_macs, build=_build, features=ghost_features, classifier=("classifier",), key_filter=ghost_key_filter,
-    formula="tinynet_paper.json", formula_rules=False)
+FAMILY = ghost_family("ghostnetv2", GhostNetV2, plan_macs)

@@ -17,11 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .family import Family
-from .ghost import GHOSTNET_GROUPS, GhostPlan, GhostRules, plan_ghostnet
-from .ghost import _features as ghost_features
+from .ghost import GhostPlan, ghost_family, ghost_shortcut
 from .ghost import _key_filter as ghost_key_filter
-from .ghostnetv2 import GhostNetV2, dfc_branch, dfc_gate, shortcut
+from .ghostnetv2 import GhostNetV2, dfc_branch, dfc_gate
 from .ghostnetv2 import plan_macs as v2_plan_macs
 from .layers import Residual, SqueezeExcite, out_size
 
@@ -135,7 +133,7 @@ class GhostBottleneckV3(Residual):
         self.conv_dw: nn.Conv2d | None = None  # the folded strided depthwise conv (timm's name)
         self.se = SqueezeExcite(mid_ch, se_ch, nn.ReLU, nn.Hardsigmoid) if se_ch else None
         self.ghost2 = GhostModuleV3(mid_ch, out_ch, relu=False)
-        self.shortcut = shortcut(in_ch, out_ch, kernel, stride)
+        self.shortcut = ghost_shortcut(in_ch, out_ch, kernel, stride)
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """The first Ghost module's output (SSDLite taps it in the first stride-32 block)."""
@@ -218,16 +216,7 @@ def _key_filter(state: dict) -> dict:
     return ghost_key_filter({_OFFICIAL_BRANCH_BN.sub(r"\1bn1.", k): v for k, v in state.items()})
 
 
-def _build(spec, num_classes: int = 1000, **kwargs) -> GhostNetV3:
-    kwargs.pop("drop_connect_rate", None)  # no stochastic depth, as GhostNet
-    return GhostNetV3(spec.width, spec.depth, spec.rules, num_classes=num_classes, **kwargs)
-
-
-# GhostNetV2's plan, taps and head; MACs are the folded network's (what is deployed and published).
-FAMILY = Family(
-    name="ghostnetv3", stages=GHOSTNET_GROUPS, rules=GhostRules,
-    plan=lambda width, depth, rules: plan_ghostnet(width, depth, rules),
-    macs=plan_macs, build=_build, features=ghost_features, classifier=("classifier",), key_filter=_key_filter,
-    formula="tinynet_paper.json", formula_rules=False)
+# MACs are the folded network's (what is deployed and published).
+FAMILY = ghost_family("ghostnetv3", GhostNetV3, plan_macs, key_filter=_key_filter)
 
 __all__ = ["ConvBn", "GhostModuleV3", "GhostBottleneckV3", "GhostNetV3", "fold_branches", "plan_macs"]
