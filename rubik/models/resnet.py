@@ -122,44 +122,50 @@ def _projection(in_ch: int, out_ch: int, stride: int) -> nn.Sequential | None:
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
 
-class BasicBlock(Residual):
+class ResBlock(Residual):
+    """Conv+BN+ReLU layers (timm's `conv{i}`, `bn{i}`, `act{i}`), the last ReLU after the shortcut is added."""
+
     has_skip = True
 
-    def __init__(self, b: ResBlockPlan, drop_rate: float = 0.0):
+    def __init__(self, b: ResBlockPlan, layers: list[tuple[int, int, int, int]], drop_rate: float = 0.0):
+        """`layers`: (in, out, kernel, stride) of each convolution, in order."""
         super().__init__()
-        self.conv1, self.bn1 = conv_bn(b.in_ch, b.mid_ch, 3, b.stride)
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = conv_bn(b.mid_ch, b.out_ch, 3)
-        self.act2 = nn.ReLU(inplace=True)
+        self.depth = len(layers)
+        for i, (in_ch, out_ch, kernel, stride) in enumerate(layers, 1):
+            conv, bn = conv_bn(in_ch, out_ch, kernel, stride)
+            self.add_module(f"conv{i}", conv)
+            self.add_module(f"bn{i}", bn)
+            self.add_module(f"act{i}", nn.ReLU(inplace=True))
         self.downsample = _projection(b.in_ch, b.out_ch, b.stride)
         self.drop_path = drop_connect(drop_rate)
 
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return getattr(self, f"bn{self.depth}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
-        return self.act2(self.drop_path(y) + shortcut)
+        y = x
+        for i in range(1, self.depth + 1):
+            y = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(y))
+            if i < self.depth:
+                y = getattr(self, f"act{i}")(y)
+        return getattr(self, f"act{self.depth}")(self.drop_path(y) + shortcut)
 
 
-class Bottleneck(Residual):
-    has_skip = True
+class BasicBlock(ResBlock):
+    """Two 3x3 convolutions, the first striding."""
 
     def __init__(self, b: ResBlockPlan, drop_rate: float = 0.0):
-        super().__init__()
-        self.conv1, self.bn1 = conv_bn(b.in_ch, b.mid_ch, 1)
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = conv_bn(b.mid_ch, b.mid_ch, 3, b.stride)  # v1.5: the 3x3 strides
-        self.act2 = nn.ReLU(inplace=True)
-        self.conv3, self.bn3 = conv_bn(b.mid_ch, b.out_ch, 1)
-        self.act3 = nn.ReLU(inplace=True)
-        self.downsample = _projection(b.in_ch, b.out_ch, b.stride)
-        self.drop_path = drop_connect(drop_rate)
+        super().__init__(b, [(b.in_ch, b.mid_ch, 3, b.stride), (b.mid_ch, b.out_ch, 3, 1)], drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.act1(self.bn1(self.conv1(x)))
-        y = self.act2(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.act3(self.drop_path(y) + shortcut)
+
+class Bottleneck(ResBlock):
+    """1x1 reduce, 3x3 (striding: torchvision's v1.5), 1x1 expand."""
+
+    def __init__(self, b: ResBlockPlan, drop_rate: float = 0.0):
+        super().__init__(b, [(b.in_ch, b.mid_ch, 1, 1), (b.mid_ch, b.mid_ch, 3, b.stride), (b.mid_ch, b.out_ch, 1, 1)],
+                         drop_rate)
 
 
 class ResNet(ClassifierNet):
@@ -185,8 +191,8 @@ class ResNet(ClassifierNet):
         init_weights(self)
         if not any(p.is_meta for p in self.parameters()):
             for m in self.modules():  # each residual branch starts as identity (timm's zero_init_last)
-                if isinstance(m, (Bottleneck, BasicBlock)):
-                    nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
+                if isinstance(m, ResBlock):
+                    nn.init.zeros_(m.last_bn.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
