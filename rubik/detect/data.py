@@ -4,9 +4,10 @@ Every source becomes `DetectionImages`: a list of samples (image, boxes in pixel
 labels 1..K where 0 is torchvision's background, image size, image id) plus class names. Images
 with no boxes are kept as negatives.
 
-Layouts:
+Layouts (rubik.sources resolves which one a source is):
     COCO  DIR/annotations/instances_<split>.json, images in DIR/<split>/ (or DIR/images/<split>/):
-          train/val, train2017/val2017, ...; with a single annotation file, val_split is held out.
+          train/val, train2017/val2017, ...; with a single annotation file (or one given as the source
+          itself), val_split is held out.
     VOC   DIR/Annotations/*.xml and DIR/JPEGImages/; DIR/ImageSets/Main/{train,val}.txt when present.
     digits[:K[:N]]  the embedded set (EmbeddedDigits): K of scikit-learn's handwritten digit classes
           (default 10) pasted onto crops of scikit-learn's two sample photos, N training images (default
@@ -27,10 +28,9 @@ from torch.utils.data import Dataset
 
 from ..errors import RubikError
 from ..image_folder import IMAGE_EXTENSIONS
-from ..sources import COCO, DIGITS, EMBEDDED_IMAGES, Source, resolve
+from ..sources import COCO, EMBEDDED_IMAGES, Source, resolve
 from ..train.data import CorruptImageError
 
-EMBEDDED = DIGITS  # the embedded set's name, for detect/task.py until it asks rubik.sources
 EMBEDDED_SIZE = 160  # px, square canvases
 EMBEDDED_COUNTS = {"train": EMBEDDED_IMAGES, "val": EMBEDDED_IMAGES // 5}
 
@@ -517,5 +517,5 @@ def image_sizes(dataset: DetectionImages) -> list[tuple[int, int]]:
     return [(s.height, s.width) for s in dataset.samples]
 
 
-__all__ = ["EMBEDDED", "AnnotationError", "DetectionData", "DetectionImages", "EmbeddedDigits", "Sample", "collate",
+__all__ = ["AnnotationError", "DetectionData", "DetectionImages", "EmbeddedDigits", "Sample", "collate",
            "eval_transform", "open_detection_data", "read_coco", "read_voc", "train_transform"]
