@@ -197,17 +197,34 @@ class Twister:
         return best
 
 
-def twist(base: str = "efficientnet_b0", budget: Budget | None = None, method: str = "tiny",
+def budget_of(flops: str | float | None = None, ratio: float | None = None,
+              latency: str | float | None = None) -> Budget:
+    """Exactly one budget: MACs ("100M" or a number), a ratio to the base's MACs, or a latency ("4ms" or ms)."""
+    given = [b for b in (flops, ratio, latency) if b is not None]
+    if len(given) != 1:
+        raise RubikError("give exactly one budget: flops (--flops 100M), ratio (--ratio 0.25) or latency "
+                         "(--latency 4ms)")
+    if flops is not None:
+        return Budget("macs", parse_macs(flops) if isinstance(flops, str) else float(flops))
+    if ratio is not None:
+        return Budget("ratio", float(ratio))
+    return Budget("latency", parse_latency(latency) if isinstance(latency, str) else float(latency))
+
+
+def twist(base: str | ModelSpec = "efficientnet_b0", budget: Budget | None = None, method: str = "tiny",
           formula: str | TinyFormula | None = None, measure: Callable[[ModelSpec], float] | None = None,
-          name: str | None = None) -> TwistResult:
-    """One-call twisting: `twist("efficientnet_b0", Budget("ratio", 0.25))`."""
+          name: str | None = None, base_resolution: int = 0) -> tuple[Twister, TwistResult]:
+    """One-call twisting: `twist("efficientnet_b0", Budget("ratio", 0.25))` -> (the twister, its result).
+    `base_resolution` (0: the base's own) is the base's input size for the user's data: r scales from it."""
     if budget is None:
         raise RubikError("give a budget: MACs (--flops 100M), a ratio (--ratio 0.25) or a latency (--latency 4ms)")
+    if base_resolution:
+        base = replace(get_spec(base), resolution=base_resolution)
     t = Twister(base, method, formula)
     if budget.kind == "macs":
-        return t.to_macs(budget.value, name)
+        return t, t.to_macs(budget.value, name)
     if budget.kind == "ratio":
-        return t.to_ratio(budget.value, name)
+        return t, t.to_ratio(budget.value, name)
     if measure is None:
         raise RubikError("a latency budget needs a runtime to measure candidates with")
-    return t.to_latency(budget.value, measure, name)
+    return t, t.to_latency(budget.value, measure, name)
