@@ -75,7 +75,7 @@ def draw_boxes(image, detections, names: list[str], out: Path) -> Path:
     """Save `image` with each (box, score, label) drawn and captioned with its class name and score."""
     from PIL import ImageDraw
 
-    from ..train.checkpoint import atomic_write
+    from ..files import atomic_write
 
     canvas = image.copy()
     draw = ImageDraw.Draw(canvas)

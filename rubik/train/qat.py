@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
-from .checkpoint import atomic_write_text
+from ..files import atomic_write_text
 
 RANGES_FILE = "qat.json"
 
