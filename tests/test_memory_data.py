@@ -170,7 +170,12 @@ class _Crash(Exception):
 
 
 def test_memory_run_resumed_mid_epoch_is_bitwise_identical(tmp_path, monkeypatch):
+    from rubik.tasks import make_task
     from rubik.train.trainer import Trainer
+
+    def trainer(run, resume=False):
+        c = build_config(cli_values=values)
+        return Trainer(c, run, make_task(c), resume=resume, progress=False)
 
     folder = make_image_folder(tmp_path / "data", train=6, val=2, size=24)  # 18 images: 4 steps of 4 per epoch
     monkeypatch.setenv("RUBIK_CACHE", str(tmp_path / "cache"))
@@ -179,12 +184,12 @@ def test_memory_run_resumed_mid_epoch_is_bitwise_identical(tmp_path, monkeypatch
               "checkpoint_every": 2, "randaugment": True, "color_jitter": 0.3, "deterministic": True}
     was = torch.are_deterministic_algorithms_enabled()
     try:
-        reference = Trainer(build_config(cli_values=values), tmp_path / "reference", progress=False)
+        reference = trainer(tmp_path / "reference")
         assert reference.data_path == "memory"
         reference.fit()  # this run decoded the images; the next ones read the cache
 
         run = tmp_path / "crashed"
-        first = Trainer(build_config(cli_values=values), run, progress=False)
+        first = trainer(run)
         update = first.ema.update_parameters
         calls = []
 
@@ -197,7 +202,7 @@ def test_memory_run_resumed_mid_epoch_is_bitwise_identical(tmp_path, monkeypatch
         first.ema.update_parameters = crash_in_step_7
         with pytest.raises(_Crash):
             first.fit()
-        resumed = Trainer(build_config(cli_values=values), run, resume=True, progress=False)
+        resumed = trainer(run, resume=True)
         assert (resumed.epoch, resumed.batch_in_epoch, resumed.step) == (1, 2, 6)
         resumed.fit()
     finally:
