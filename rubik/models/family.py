@@ -12,8 +12,8 @@ Fields (see `Family` for types):
 - `stages`: the base stage table as named rows (frozen dataclasses), for reading and for `plan`.
 - `rules`: the family's scaling-rules dataclass; `rules()` is its default. A spec's `rules` is an
   instance of it; in JSON it is a dict, parsed by `Family.parse_rules` (unknown keys are errors).
-- `plan(width, depth, rules)`: the scaled network as plain data (channels and blocks), the single
-  place where width and depth multipliers become integers.
+- `plan(width, depth, rules)`: the scaled network as plain data (channels and blocks, each block a
+  `BlockPlan`), the single place where width and depth multipliers become integers.
 - `macs(plan, resolution, num_classes)`: MACs by arithmetic on the plan, equal to what
   `rubik.profile.count` counts on the built model (None: cube counts a shape-only "meta" model).
 - `build(spec, num_classes, **kwargs)`: the network (plain nn.Module with timm's key names).
@@ -54,6 +54,32 @@ class FeatureTap:
     module: str
     channels: int
     reduction: int
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One block after scaling, in every family: the exact widths and stride its builder and MAC count use."""
+
+    block: str  # the family's kind of block: "ds" or "ir" (MBConv), "ghost", "basic" or "bottleneck" (ResNet)
+    in_ch: int
+    mid_ch: int  # the hidden width: an expansion's output, a ResNet block's 3x3 width
+    out_ch: int
+    kernel: int
+    stride: int
+    se_ch: int = 0  # squeeze-excite reduced channels (0: no SE)
+
+
+def build_stages(stages: tuple[tuple[BlockPlan, ...], ...],
+                 make_block: Callable[[int, BlockPlan], nn.Module]) -> list[nn.Sequential]:
+    """One Sequential per planned stage; `make_block(index, b)` builds each block, `index` counted over the network."""
+    built, index = [], 0
+    for stage in stages:
+        blocks = []
+        for b in stage:
+            blocks.append(make_block(index, b))
+            index += 1
+        built.append(nn.Sequential(*blocks))
+    return built
 
 
 @dataclass(frozen=True)
@@ -220,4 +246,5 @@ def strided_taps(steps: Sequence[tuple[str, int, int]], first_reduction: int = 1
     return tuple(seen)
 
 
-__all__ = ["Family", "FeatureInfo", "FeatureNet", "FeatureTap", "select_taps", "strided_taps"]
+__all__ = ["BlockPlan", "Family", "FeatureInfo", "FeatureNet", "FeatureTap", "build_stages", "select_taps",
+           "strided_taps"]

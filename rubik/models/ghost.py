@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .family import Family, FeatureTap
+from .family import BlockPlan, Family, FeatureTap, build_stages
 from .layers import ClassifierNet, Residual, SqueezeExcite, conv_bn, init_weights, make_divisible, out_size
 
 
@@ -145,19 +145,9 @@ def scale_group(group: tuple[GhostRow, ...], depth: float) -> tuple[GhostRow, ..
 
 
 @dataclass(frozen=True)
-class GhostBlockPlan:
-    in_ch: int
-    mid_ch: int
-    out_ch: int
-    kernel: int
-    stride: int
-    se_ch: int  # squeeze-excite reduced channels (0: no SE)
-
-
-@dataclass(frozen=True)
 class GhostPlan:
     stem: int
-    groups: tuple[tuple[GhostBlockPlan, ...], ...]
+    groups: tuple[tuple[BlockPlan, ...], ...]
     last: int  # the 1x1 ConvBnAct before pooling
     head: int
 
@@ -177,7 +167,7 @@ def plan_ghostnet(width: float = 1.0, depth: float = 1.0, rules: GhostRules = Gh
         for row in scale_group(group, depth):
             out_ch, mid_ch = make_divisible(row.channels * width, div), make_divisible(row.expand * width, div)
             se_ch = make_divisible(mid_ch * row.se_ratio, div) if row.se_ratio else 0
-            blocks.append(GhostBlockPlan(in_ch, mid_ch, out_ch, row.kernel, row.stride, se_ch))
+            blocks.append(BlockPlan("ghost", in_ch, mid_ch, out_ch, row.kernel, row.stride, se_ch))
             in_ch = out_ch
         planned.append(tuple(blocks))
     return GhostPlan(stem, tuple(planned), make_divisible(groups[-1][-1].expand * width, div), rules.head_channels)
@@ -209,7 +199,7 @@ class GhostNet(ClassifierNet):
     """GhostNet (v1): stem, groups of bottlenecks, last 1x1 ConvBnAct and head, which v2 and v3 build on.
 
     A version differs only in its bottlenecks: `make_block(index, b)` builds the one at `index` (counted
-    over the whole network) from its `GhostBlockPlan`; by default a `bottleneck` of the plan's channels.
+    over the whole network) from its `BlockPlan`; by default a `bottleneck` of the plan's channels.
     rubik.deploy splits only v1's Ghost modules for ONNX export (`deploy.layout`): it checks the exact class.
     """
 
@@ -221,19 +211,13 @@ class GhostNet(ClassifierNet):
         self.plan = plan = plan_ghostnet(width, depth, rules or GhostRules(), groups)
         self.conv_stem, self.bn1 = conv_bn(in_chans, plan.stem, 3, 2)
         self.act1 = nn.ReLU(inplace=True)
-        stages, index = [], 0
-        for group in plan.groups:
-            blocks = []
-            for b in group:
-                blocks.append(self.make_block(index, b))
-                index += 1
-            stages.append(nn.Sequential(*blocks))
+        stages = build_stages(plan.groups, self.make_block)
         stages.append(nn.Sequential(ConvBnAct(plan.groups[-1][-1].out_ch, plan.last)))
         self.blocks = nn.Sequential(*stages)
         self.add_head(plan.last, num_classes, drop_rate, conv_head=plan.head)  # conv_head: no BatchNorm, as published
         init_weights(self)
 
-    def make_block(self, index: int, b: GhostBlockPlan) -> nn.Module:
+    def make_block(self, index: int, b: BlockPlan) -> nn.Module:
         """The bottleneck at `index` (over the whole network), planned as `b`."""
         return self.bottleneck(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch)
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ghost import GhostBlockPlan, GhostBottleneck, GhostModule, GhostNet, GhostPlan, ghost_family, ghost_plan_macs
+from .family import BlockPlan
+from .ghost import GhostBottleneck, GhostModule, GhostNet, GhostPlan, ghost_family, ghost_plan_macs
 from .layers import conv_bn, out_size
 
 # Bottlenecks with index >= ATTENTION_FROM (counted over the whole network) gate their expansion
@@ -93,7 +94,7 @@ class GhostNetV2(GhostNet):
 
     bottleneck: type[nn.Module] = GhostBottleneckV2
 
-    def make_block(self, index: int, b: GhostBlockPlan) -> nn.Module:
+    def make_block(self, index: int, b: BlockPlan) -> nn.Module:
         return self.bottleneck(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch,
                                attention=index >= ATTENTION_FROM)
 

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .family import Family, FeatureTap, strided_taps
+from .family import BlockPlan, Family, FeatureTap, build_stages, strided_taps
 from .layers import (
     ClassifierNet,
     Residual,
@@ -102,19 +102,6 @@ def scale_repeats(repeats: int, depth: float, rounding: str) -> int:
 
 
 @dataclass(frozen=True)
-class BlockPlan:
-    """One block after scaling: the exact channels and strides the builder will use."""
-
-    block: Literal["ds", "ir"]
-    in_ch: int
-    out_ch: int
-    kernel: int
-    stride: int
-    expand: int
-    se_ch: int  # squeeze-excite reduced channels (0: no SE)
-
-
-@dataclass(frozen=True)
 class NetPlan:
     stem: int
     stages: tuple[tuple[BlockPlan, ...], ...]
@@ -137,9 +124,9 @@ def plan_network(stages: tuple[MBStage, ...], width: float, depth: float, rules:
         for i in range(scale_repeats(stage.repeats, 1.0 if fixed else depth, rules.depth_rounding)):
             # SE width comes from the block's input channels, as in the paper and the official code.
             se_ch = max(1, round(in_ch * stage.se_ratio)) if stage.se_ratio and rules.squeeze_excite else 0
-            expand = 1 if stage.block == "ds" else stage.expand
-            blocks.append(BlockPlan(stage.block, in_ch, out_ch, stage.kernel, stage.stride if i == 0 else 1,
-                                    expand, se_ch))
+            mid_ch = in_ch if stage.block == "ds" else in_ch * stage.expand
+            blocks.append(BlockPlan(stage.block, in_ch, mid_ch, out_ch, stage.kernel, stage.stride if i == 0 else 1,
+                                    se_ch))
             in_ch = out_ch
         planned.append(tuple(blocks))
     return NetPlan(stem, tuple(planned), head)
@@ -153,7 +140,7 @@ def plan_macs(plan: NetPlan, resolution: int, num_classes: int = 1000, in_chans:
     size = out_size(resolution, 3, 2)
     macs = size * size * in_chans * 9 * plan.stem
     for block in (b for stage in plan.stages for b in stage):
-        mid = block.in_ch * block.expand
+        mid = block.mid_ch
         if block.block == "ir":
             macs += size * size * block.in_ch * mid
         size = out_size(size, block.kernel, block.stride)
@@ -184,10 +171,9 @@ class DepthwiseSeparable(Residual):
 class InvertedResidual(Residual):
     """MBConv: pointwise expansion -> depthwise conv -> SE -> linear pointwise projection."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int,
+    def __init__(self, in_ch: int, mid: int, out_ch: int, kernel: int, stride: int,
                  se_ch: int, act: type[nn.Module], drop_rate: float):
         super().__init__()
-        mid = in_ch * expand
         self.has_skip = stride == 1 and in_ch == out_ch
         self.conv_pw, self.bn1 = conv_bn(in_ch, mid, 1)
         self.conv_dw, self.bn2 = conv_bn(mid, mid, kernel, stride, groups=mid)
@@ -228,19 +214,14 @@ class MBConvNet(ClassifierNet):
         self.act = act(inplace=True)
 
         total = sum(len(stage) for stage in plan.stages)
-        blocks, index = [], 0
-        for stage in plan.stages:
-            layers = []
-            for b in stage:
-                rate = drop_connect_rate * index / total  # deeper blocks are dropped more often
-                if b.block == "ds":
-                    layers.append(DepthwiseSeparable(b.in_ch, b.out_ch, b.kernel, b.stride, b.se_ch, act, rate))
-                else:
-                    layers.append(InvertedResidual(b.in_ch, b.out_ch, b.kernel, b.stride, b.expand, b.se_ch,
-                                                   act, rate))
-                index += 1
-            blocks.append(nn.Sequential(*layers))
-        self.blocks = nn.Sequential(*blocks)
+
+        def make_block(index: int, b: BlockPlan) -> nn.Module:
+            rate = drop_connect_rate * index / total  # deeper blocks are dropped more often
+            if b.block == "ds":
+                return DepthwiseSeparable(b.in_ch, b.out_ch, b.kernel, b.stride, b.se_ch, act, rate)
+            return InvertedResidual(b.in_ch, b.mid_ch, b.out_ch, b.kernel, b.stride, b.se_ch, act, rate)
+
+        self.blocks = nn.Sequential(*build_stages(plan.stages, make_block))
         self.depths = [len(stage) for stage in plan.stages]
 
         self.conv_head, self.bn2 = conv_bn(plan.stages[-1][-1].out_ch, plan.head, 1)

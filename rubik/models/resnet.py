@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
-from .family import Family, FeatureTap
+from .family import BlockPlan, Family, FeatureTap, build_stages
 from .layers import ClassifierNet, Residual, conv_bn, drop_connect, init_weights, make_divisible, out_size
 
 
@@ -64,18 +64,9 @@ class ResNetRules:
 
 
 @dataclass(frozen=True)
-class ResBlockPlan:
-    block: Literal["basic", "bottleneck"]
-    in_ch: int
-    mid_ch: int
-    out_ch: int
-    stride: int
-
-
-@dataclass(frozen=True)
 class ResNetPlan:
     stem: int
-    stages: tuple[tuple[ResBlockPlan, ...], ...]
+    stages: tuple[tuple[BlockPlan, ...], ...]
 
     @property
     def num_features(self) -> int:
@@ -93,7 +84,7 @@ def plan_resnet(width: float = 1.0, depth: float = 1.0, rules: ResNetRules = Res
         out = mid * EXPANSION[stage.block]
         blocks = []
         for i in range(max(1, round(stage.blocks * depth))):
-            blocks.append(ResBlockPlan(stage.block, in_ch, mid, out, stage.stride if i == 0 else 1))
+            blocks.append(BlockPlan(stage.block, in_ch, mid, out, 3, stage.stride if i == 0 else 1))
             in_ch = out
         stages.append(tuple(blocks))
     return ResNetPlan(stem, tuple(stages))
@@ -127,7 +118,7 @@ class ResBlock(Residual):
 
     has_skip = True
 
-    def __init__(self, b: ResBlockPlan, layers: list[tuple[int, int, int, int]], drop_rate: float = 0.0):
+    def __init__(self, b: BlockPlan, layers: list[tuple[int, int, int, int]], drop_rate: float = 0.0):
         """`layers`: (in, out, kernel, stride) of each convolution, in order."""
         super().__init__()
         self.depth = len(layers)
@@ -156,14 +147,14 @@ class ResBlock(Residual):
 class BasicBlock(ResBlock):
     """Two 3x3 convolutions, the first striding."""
 
-    def __init__(self, b: ResBlockPlan, drop_rate: float = 0.0):
+    def __init__(self, b: BlockPlan, drop_rate: float = 0.0):
         super().__init__(b, [(b.in_ch, b.mid_ch, 3, b.stride), (b.mid_ch, b.out_ch, 3, 1)], drop_rate)
 
 
 class Bottleneck(ResBlock):
     """1x1 reduce, 3x3 (striding: torchvision's v1.5), 1x1 expand."""
 
-    def __init__(self, b: ResBlockPlan, drop_rate: float = 0.0):
+    def __init__(self, b: BlockPlan, drop_rate: float = 0.0):
         super().__init__(b, [(b.in_ch, b.mid_ch, 1, 1), (b.mid_ch, b.mid_ch, 3, b.stride), (b.mid_ch, b.out_ch, 1, 1)],
                          drop_rate)
 
@@ -179,14 +170,14 @@ class ResNet(ClassifierNet):
         self.conv1, self.bn1 = conv_bn(in_chans, plan.stem, 7, 2)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        total, index = sum(len(s) for s in plan.stages), 0
-        for i, stage in enumerate(plan.stages):
-            blocks = []
-            for b in stage:
-                kind = Bottleneck if b.block == "bottleneck" else BasicBlock
-                blocks.append(kind(b, drop_connect_rate * index / total))  # deeper blocks dropped more often
-                index += 1
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        total = sum(len(s) for s in plan.stages)
+
+        def make_block(index: int, b: BlockPlan) -> nn.Module:
+            kind = Bottleneck if b.block == "bottleneck" else BasicBlock
+            return kind(b, drop_connect_rate * index / total)  # deeper blocks dropped more often
+
+        for i, stage in enumerate(build_stages(plan.stages, make_block)):
+            self.add_module(f"layer{i + 1}", stage)
         self.add_head(plan.num_features, num_classes, drop_rate)
         init_weights(self)
         if not any(p.is_meta for p in self.parameters()):
