@@ -11,26 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..train.plot import pyplot, save_figure
 from .front import paper_formula, rows
 from .study import base_spec, settings_of
 
 MARKERS = {"sobol": ("o", "C0", "sampled"), "tiny": ("*", "C3", "tiny formula"), "giant": ("^", "C2", "inverse giant")}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_budget(table: list[dict], c: float, base_name: str, path: Path) -> Path:
     """Fig. 2: at one budget, accuracy against each multiplier (w is what the budget left)."""
-    plt = _pyplot()
     done = [r for r in table if r["state"] == "COMPLETE" and r["c"] == c]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True, sharey=True)
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 4), constrained_layout=True, sharey=True)
     for ax, key, label in zip(axes, ("r", "d", "w"), ("resolution r", "depth d", "width w (solved)"), strict=True):
         for kind, (marker, color, name) in MARKERS.items():
             pts = [r for r in done if r["kind"] == kind]
@@ -42,16 +33,13 @@ def plot_budget(table: list[dict], c: float, base_name: str, path: Path) -> Path
     axes[0].set_ylabel("validation top-1 %")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"c = {c:g}: {len(done)} completed trials", fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_front(table: list[dict], path: Path, title: str) -> Path:
     """Fig. 1: accuracy against MACs, the non-dominated trials joined, references marked."""
-    plt = _pyplot()
     done = [r for r in table if r["state"] == "COMPLETE"]
-    fig, ax = plt.subplots(figsize=(7, 5), constrained_layout=True)
+    fig, ax = pyplot().subplots(figsize=(7, 5), constrained_layout=True)
     for kind, (marker, color, name) in MARKERS.items():
         pts = [r for r in done if r["kind"] == kind]
         if pts:
@@ -69,9 +57,7 @@ def plot_front(table: list[dict], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_study(study, out: str | Path, formula: str | None = None) -> list[Path]:

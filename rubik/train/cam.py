@@ -35,14 +35,11 @@ def class_activation_map(model: nn.Module, image: torch.Tensor, target: int | No
 
 def save_overlay(image: torch.Tensor, cam: torch.Tensor, mean, std, out: Path, title: str = "") -> Path:
     """The image (un-normalised) beside the same image with the map blended over it in the jet colours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plot import pyplot, save_figure
 
     rgb = (image * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).clamp(0, 1)
     rgb = rgb.permute(1, 2, 0).numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
+    fig, axes = pyplot().subplots(1, 2, figsize=(6, 3.2))
     axes[0].imshow(rgb)
     axes[1].imshow(rgb)
     axes[1].imshow(cam.numpy(), cmap="jet", alpha=0.5)
@@ -50,7 +47,4 @@ def save_overlay(image: torch.Tensor, cam: torch.Tensor, mean, std, out: Path, t
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=120)

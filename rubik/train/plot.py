@@ -9,13 +9,22 @@ import torch
 from ..errors import RubikError
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: rubik draws to files only, no display needed."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only: no display needed
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, out: Path, dpi: int = 110) -> Path:
+    """Write `fig` to `out` (making its folder) and free it; returns `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -32,8 +41,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
         return [r.get(name, float("nan")) for r in rows]
 
     epochs = col("epoch")
-    plt = _pyplot()
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, (a, b, c) = pyplot().subplots(1, 3, figsize=(13, 3.8))
     a.plot(epochs, col("train_loss"), label="train")
     a.plot(epochs, col("val_loss"), label="val")
     a.plot(epochs, col("ema_val_loss"), label="val (EMA)")
@@ -52,19 +60,15 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     b.legend()
     fig.suptitle(str(run_dir))
     fig.tight_layout()
-    out = out or run_dir / "curves.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out or run_dir / "curves.png")
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (true class down, predicted across)."""
-    plt = _pyplot()
     n = len(classes)
     norm = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1)
     size = min(20, 3 + 0.35 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = pyplot().subplots(figsize=(size, size))
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     if n <= 40:
         ax.set_xticks(range(n), classes, rotation=90)
@@ -79,7 +83,4 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out: Path, title
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
