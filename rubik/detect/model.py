@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import RubikError
 from ..models.family import FeatureInfo, FeatureNet, FeatureTap
 from ..models.registry import FAMILIES, ModelSpec, get_spec
+from ..models.spec import read_spec_file
 
 TORCHVISION_MOBILENET = "torchvision:mobilenet_v3_large"
 PREFIX = "ssdlite:"
@@ -168,14 +169,7 @@ def get_detector_spec(model: Any, resolution: int | None = None) -> DetectorSpec
                 raise RubikError("ssdlite: needs a backbone, e.g. --model ssdlite:tinynet_e or ssdlite:SPEC.json")
             spec = DetectorSpec.from_dict({"backbone": backbone})
         elif text.endswith(".json"):
-            path = Path(text)
-            if not path.is_file():
-                raise RubikError(f"detector spec file {text} does not exist")
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise RubikError(f"detector spec file {text} is not valid JSON ({e})") from None
-            spec = DetectorSpec.from_dict(data)
+            spec = DetectorSpec.from_dict(read_spec_file(text, "detector spec"))
         else:
             import difflib
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from . import ghost, ghostnetv2, ghostnetv3, mbconv, resnet, tvbaseline
 from .family import Family, FeatureNet
 from .mbconv import LITE_RULES, TINYNET_LITE_RULES, TINYNET_RULES
 from .resnet import ResNetRules
-from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, Published
+from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, Published, read_spec_file
 from .tvbaseline import TorchvisionRules
 
 # The only place that knows the family names: a spec's `family` is a key here.
@@ -171,13 +170,7 @@ def get_spec(model: str | dict | Path | ModelSpec) -> ModelSpec:
     if text in MODELS:
         return MODELS[text]
     if text.endswith(".json") or Path(text).is_file():
-        path = Path(text)
-        if not path.is_file():
-            raise RubikError(f"model spec file {text} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RubikError(f"model spec file {text} is not valid JSON ({e})") from None
+        data = read_spec_file(text)
         return ModelSpec.from_dict(data.get("model", data))
     close = difflib.get_close_matches(text, list(MODELS), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "run `rubik models` for the list"

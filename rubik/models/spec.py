@@ -7,10 +7,24 @@ model's published figures or hub id.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import RubikError
+
+
+def read_spec_file(text: str, what: str = "model spec") -> Any:
+    """The JSON in the spec file `text`; a one-line RubikError when it is missing or not JSON."""
+    path = Path(text)
+    if not path.is_file():
+        raise RubikError(f"{what} file {text} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RubikError(f"{what} file {text} is not valid JSON ({e})") from None
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
