@@ -142,7 +142,7 @@ def speed(models: list[str], work: Path, rounds: int, threads: int, executorch: 
         plain_q = plain_int8(plain_fp32, res, work / f"{name}.plain.int8.onnx")
         fp32 = export_onnx(ours, work / f"{name}.onnx")
         # the float file `rubik export --int8` quantizes (GhostNet: split only where int8 keeps float)
-        source = export_onnx(ours, work / f"{name}.int8-source.onnx", split="int8")
+        source = export_onnx(ours, work / f"{name}.int8-source.onnx", layout="int8")
         config = quantize_int8(source, sample_photos(64), work / f"{name}.int8.onnx", calib_n=64, threads=threads,
                                log=lambda s: print("   " + s, flush=True))
         sessions = {"ORT fp32 (plain)": plain_ort_session(plain_fp32, threads),
@@ -212,6 +212,7 @@ def cifar_root(work: Path) -> Path:
 def train_cifar(work: Path, arch: str, epochs: int) -> Path:
     """`rubik train` on CIFAR-10 at 32 px with the `small` recipe (cached under --work)."""
     from rubik.run import RunDir
+    from rubik.tasks import make_task
     from rubik.train import build_config, train
 
     run = work / f"cifar-{arch}-32px-e{epochs}-crop08"
@@ -221,7 +222,7 @@ def train_cifar(work: Path, arch: str, epochs: int) -> Path:
     print(f"training {arch} at 32 px on CIFAR-10 (50,000 images), {epochs} epochs, with rubik train", flush=True)
     c = build_config(cli_values={"model": arch, "data": str(root), "resolution": 32, "epochs": epochs,
                                  "batch_size": 128, "num_workers": 2, "crop_scale": [0.8, 1.0], "log_every": 0})
-    train(c, run, resume=True, progress=False)  # a stopped run continues from its last checkpoint
+    train(c, run, make_task(c), resume=True, progress=False)  # a stopped run continues from its last checkpoint
     return run
 
 
@@ -230,7 +231,7 @@ def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, 
     import onnx
 
     from rubik.classify.trained import load_classifier
-    from rubik.deploy.export import set_metadata
+    from rubik.deploy.metadata import set_onnx_metadata
 
     run = run or train_cifar(work, arch, epochs)
     model = load_classifier(run)
@@ -256,7 +257,7 @@ def accuracy(work: Path, run: Path | None, arch: str, epochs: int, eval_n: int, 
         print(f"   {label}: {out[label]}", flush=True)
     plain = plain_int8(fp32, resolution, work / f"{run.name}.plain.int8.onnx")
     m = onnx.load(str(plain))  # the plain file has no preprocessing metadata: copy it, to evaluate alike
-    set_metadata(m, **{p.key: p.value for p in onnx.load(str(fp32)).metadata_props})
+    set_onnx_metadata(m, {p.key: p.value for p in onnx.load(str(fp32)).metadata_props})
     onnx.save(m, str(plain))
     out["ORT int8 (plain: defaults, random calibration)"] = check_int8(fp32, plain, test, model.classes, threads)
     print(f"   plain: {out['ORT int8 (plain: defaults, random calibration)']}", flush=True)
@@ -276,6 +277,7 @@ def accuracy_row(work: Path, arch: str, epochs: int, eval_n: int, threads: int, 
     (calibration, boundary and precision plan included), checked on `eval_n` test images."""
     from rubik.classify.trained import load_classifier
     from rubik.deploy.executorch import export_executorch
+    from rubik.deploy.export import network_graph
     from rubik.deploy.precision_plan import export_executorch_planned
     from rubik.deploy.quantize import Int8Gate, export_int8
 
@@ -289,14 +291,14 @@ def accuracy_row(work: Path, arch: str, epochs: int, eval_n: int, threads: int, 
     test = open_images(root, "test")
     test = test.subset(sample(test, eval_n, seed=1))
     log = lambda s: print("   " + s, flush=True)  # noqa: E731
-    fp32 = export_onnx(model, work / f"{run.name}.onnx", split="int8")
+    fp32 = export_onnx(model, work / f"{run.name}.onnx", layout="int8")
     gate = Int8Gate(fp32, test, model.classes, max_drop, threads)
     config, ort = export_int8(fp32, calib, work / f"{run.name}.int8.onnx", gate, select_images=select, calib_n=256,
                               threads=threads, log=log)
     et_fp32 = export_executorch(model, work / f"{run.name}.pte").path
     et_gate = Int8Gate(et_fp32, test, model.classes, max_drop, threads)
-    et, et_plan = export_executorch_planned(model, work / f"{run.name}.int8.pte", et_fp32, et_gate,
-                                            calib_images=calib, select_images=select, threads=threads, log=log)
+    et, et_plan = export_executorch_planned(network_graph(model, layout=None), work / f"{run.name}.int8.pte", et_fp32,
+                                            et_gate, calib_images=calib, select_images=select, threads=threads, log=log)
     et_check = et_gate.check(et.path)
     print(f"   ORT int8: {ort}\n   ET int8: {et_check}", flush=True)
     return {"model": arch, "run": run.name, "ort": ort, "et": et_check,

@@ -112,7 +112,7 @@ def train_one(model: str, data: Path, out: Path, args, seed: int = 0) -> dict:
         print(f"{model}: reusing the finished run {out}", flush=True)
     else:
         t = time.perf_counter()  # a stopped run continues from its last checkpoint
-        train(config, out, resume=True, task=DetectionTask(config), progress=False)
+        train(config, out, DetectionTask(config), resume=True, progress=False)
         print(f"{model}: trained in {time.perf_counter() - t:.0f} s", flush=True)
     return RunDir(out).best()
 
@@ -144,11 +144,12 @@ def main() -> None:
 
     import torch
 
+    from rubik.deploy.quantize import quantize_int8
     from rubik.deploy.runtime import Detector
     from rubik.detect.cli import load_detector
     from rubik.detect.data import open_detection_data
     from rubik.detect.evaluate import evaluate_file
-    from rubik.detect.export import export_detector, quantize_detector
+    from rubik.detect.export import export_detector
     from rubik.detect.model import detector_macs_params
     from rubik.timing import time_interleaved
 
@@ -165,16 +166,16 @@ def main() -> None:
         best = train_one(spec, data, out / model, args, seed)
         det = load_detector(out / model)
         macs, params = detector_macs_params(det)
-        fp32 = export_detector(det, out / f"{model}.fp32.onnx")  # a GhostNet split for float (as rubik export)
-        source = export_detector(det, out / f"{model}.int8-source.onnx", split="int8")  # what --int8 quantizes
+        fp32 = export_detector(det, out / f"{model}.fp32.onnx")  # a GhostNet in the Ghost layout (as rubik export)
+        source = export_detector(det, out / f"{model}.int8-source.onnx", layout="int8")  # what --int8 quantizes
         int8 = out / f"{model}.int8.onnx"
-        quantize_detector(source, calib, int8, calib_n=len(calib))
+        quantize_int8(source, calib, int8, calib_n=len(calib), log=lambda s: None)  # MinMax, timed boundary
         x = np.random.default_rng(0).random((1, 3, args.resolution, args.resolution), dtype=np.float32)
         row = {"model": model, "map": best["map"], "map50": best["map50"], "macs_m": macs / 1e6,
                "params_m": params / 1e6}
         for tag, path in (("fp32", fp32), ("int8", int8)):
             deployed = Detector(path, threads=1)
-            runners[f"{model} {tag}"] = (lambda s=deployed.session, x=x: s.run(None, {"input": x}))
+            runners[f"{model} {tag}"] = (lambda m=deployed.model, x=x: m.run_all(x))
             row[f"{tag}_map"] = evaluate_file(deployed, val_set).map  # the file, decoded by the runtime
         rows.append(row)
     times = time_interleaved(runners, runs=args.runs, warmup=5)

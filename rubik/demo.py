@@ -17,6 +17,7 @@ DIGITS_RESOLUTION = 64
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from .classify.trained import load_classifier
     from .cli import main
     from .cube.twist import Twister
     from .deploy.bench import FILE_BACKEND, bench
@@ -58,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("== 4/4 latency, batch 1, one thread (base: random weights, same input size)")
     quiet = lambda *a, **k: None  # noqa: E731
     rows = bench([str(out / "base.json")], backends=("eager", "ort-fp32"), runs=args.runs, log=quiet)
-    rows += bench([str(spec_path)], weights=str(run), backends=("eager",), runs=args.runs, log=quiet)
+    rows += bench([load_classifier(run, str(spec_path))], backends=("eager",), runs=args.runs, log=quiet)
     rows += bench([str(fp32_path), str(onnx_path)], runs=args.runs, log=quiet)
     ms = {(r.model if r.backend != FILE_BACKEND else Path(r.model).name, r.backend): r.median_ms for r in rows}
 

@@ -369,9 +369,9 @@ def _trained_like(det: torch.nn.Module) -> torch.nn.Module:
     return det.eval()
 
 
-def test_ghostnet_detector_exports_split_with_the_same_outputs(tmp_path):
-    """The split body (no Ghost Concats before stride 32) computes the detector's raw outputs, in PyTorch
-    and in the ONNX file; other backbones, torchvision's MobileNetV3 included, export unsplit."""
+def test_ghostnet_detector_exports_in_the_ghost_layout_with_the_same_outputs(tmp_path):
+    """The body in the Ghost layout (no Ghost Concats before stride 32) computes the detector's raw outputs, in
+    PyTorch and in the ONNX file; other backbones, torchvision's MobileNetV3 included, export as they are."""
     import onnx
 
     from rubik.detect.export import DetectorCore, export_detector
@@ -381,17 +381,17 @@ def test_ghostnet_detector_exports_split_with_the_same_outputs(tmp_path):
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
         ref = DetectorCore(det)(x)
-        cores = {split: DetectorCore(det, split) for split in ("fp32", "int8")}
+        cores = {layout: DetectorCore(det, layout) for layout in ("fp32", "int8")}
         for core in cores.values():
             for want, got in zip(ref, core(x), strict=True):
                 torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    # fp32 splits every bottleneck before stride 32 (11 in GhostNet); int8 through the first at stride 16
-    assert [len(c.split.prefix.split_blocks) for c in cores.values()] == [11, 7]
+    # fp32: every bottleneck before stride 32 in the layout (11 in GhostNet); int8: through the first at stride 16
+    assert [len(c.layout_body.prefix.bottlenecks) for c in cores.values()] == [11, 7]
     for name in ("ssdlite_tinynet_e", "ssdlite_mobilenet_v3_large"):
-        assert DetectorCore(build_detector(name, 2), "fp32").split is None
+        assert DetectorCore(build_detector(name, 2), "fp32").layout_body is None
 
-    def concats(split):
-        path = export_detector(det, tmp_path / f"{split}.onnx", split=split)
+    def concats(layout):
+        path = export_detector(det, tmp_path / f"{layout}.onnx", layout=layout)
         return sum(n.op_type == "Concat" for n in onnx.load(str(path)).graph.node)
 
     assert concats("fp32") < concats(None) - 15  # one Concat per Ghost module before stride 32 is gone

@@ -3,7 +3,6 @@
 Lowering takes seconds even for a tiny model, so one CLI run (module fixture) serves several tests.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -152,24 +151,25 @@ def test_an_operator_outside_the_delegate_is_reported(tmp_path):
     assert path.is_file() and any("cumsum" in op for op in outside)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rubik.detect") is None, reason="no rubik.detect")
-def test_detector_core_exports_with_every_output(tmp_path):
+def test_detector_graph_lowers_with_every_output(tmp_path):
+    """The export core writes a detector's graph (raw SSD outputs) as a .pte like a classifier's network."""
+    from rubik.deploy.executorch import write_pte
     from rubik.deploy.runtime import ExecuTorchModel
-    from rubik.detect.export import OUTPUT_NAMES, DetectorCore
+    from rubik.detect.export import OUTPUT_NAMES, detector_graph
     from rubik.detect.model import build_detector
 
     det = build_detector({"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 64}, 2).eval()
-    core = DetectorCore(det).eval()
-    result = export_executorch(det, tmp_path / "d.pte", core=core, outputs=tuple(OUTPUT_NAMES),
-                               preprocess=Preprocess(64))
+    graph = detector_graph(det, layout=None)
+    result = write_pte(graph, tmp_path / "d.pte")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        ref = [t.numpy() for t in core(x)]
+        ref = [t.numpy() for t in graph.module(x)]
     got = ExecuTorchModel(result.path).run_all(x.numpy())
     assert len(got) == len(ref) == 2
     for g, r in zip(got, ref, strict=True):
         assert g.shape == r.shape and np.allclose(g, r, atol=1e-4 + 1e-3 * np.abs(r).max())
-    assert json.loads(json.loads(sidecar_path(result.path).read_text())["rubik.outputs"]) == OUTPUT_NAMES
+    meta = json.loads(sidecar_path(result.path).read_text())
+    assert json.loads(meta["rubik.outputs"]) == list(OUTPUT_NAMES) and "rubik.detector" in meta
 
 
 # ---- int8 activations (rubik/deploy/xnnpack_int8.py) ----------------------------------------------------

@@ -148,18 +148,19 @@ def test_find_plan_core_is_runtime_agnostic():
 
 
 def test_executorch_hook_passes_keep_float_and_records_the_plan(tmp_path, monkeypatch):
-    """The .pte hook on a stand-in runtime: export_executorch, agreement and timing faked; the plan must reach
-    export_executorch as module names (named_modules) and land in the sidecar's metadata."""
+    """The .pte hook on a stand-in runtime: write_pte, agreement and timing faked; the plan must reach
+    write_pte as module names (named_modules of the graph) and land in the sidecar's metadata."""
     from types import SimpleNamespace
 
     import rubik.deploy.executorch as et
     import rubik.deploy.quantize as q
     import rubik.deploy.runtime as rt
+    from rubik.deploy.export import network_graph
     from rubik.deploy.precision_plan import META_PLAN, executorch_layers, export_executorch_planned
 
     calls = []
 
-    def export_executorch(model, path, *, keep_float=(), **options):
+    def write_pte(graph, path, *, keep_float=(), **options):
         calls.append(list(keep_float))
         Path(path).write_text(",".join(keep_float))  # the "file" says which modules stayed float
         rt.sidecar_path(path).write_text(json.dumps({"rubik.precision": "int8"}))
@@ -168,15 +169,15 @@ def test_executorch_hook_passes_keep_float_and_records_the_plan(tmp_path, monkey
     def agreement_of(path):  # quantizing module b costs 60 % agreement, anything else nothing
         return 1.0 if "b" in Path(path).read_text().split(",") else 0.4
 
-    monkeypatch.setattr(et, "export_executorch", export_executorch)
+    monkeypatch.setattr(et, "write_pte", write_pte)
     monkeypatch.setattr(q, "Agreement", lambda *a: agreement_of)
     monkeypatch.setattr(rt, "open_model", lambda path, threads=1: SimpleNamespace(run=lambda x: x))
     fp32 = tmp_path / "m.fp32.pte"
     fp32.write_text("stem,a,b,c,fc")  # every module float
     rt.sidecar_path(fp32).write_text(json.dumps({rt.META_PREPROCESS: Preprocess(RES).to_json()}))
-    net = make_net(fragile=False)
-    assert executorch_layers(net) == ["stem", "a", "b", "c", "fc"]
-    result, plan = export_executorch_planned(net, tmp_path / "m.pte", fp32, lambda p: agreement_of(p) > 0.9,
+    graph = network_graph(make_net(fragile=False), resolution=RES, layout=None)
+    assert executorch_layers(graph.module) == ["stem", "a", "b", "c", "fc"]
+    result, plan = export_executorch_planned(graph, tmp_path / "m.pte", fp32, lambda p: agreement_of(p) > 0.9,
                                              calib_images=colour_images(4, 0), select_images=colour_images(4, 1),
                                              log=lambda s: None)
     assert plan["keep_float"] == ["b"] and plan["passed"] and set(plan["ms"]) == {"fp32", "int8", "plan"}

@@ -152,43 +152,49 @@ def spec_latency(runtime: str, runs: int = 50) -> Callable:
     return measure
 
 
-def _macs_of_file(path: Path) -> tuple[str, int | None, int]:
-    """(model name, MACs, resolution) from an exported file's metadata."""
+def _file_paths(path: Path, batch: int, threads: int) -> tuple[str, int | None, dict[str, Callable]]:
+    """(name, MACs, {FILE_BACKEND: one call}) of an exported file, whatever its task: it runs in its own runtime
+    (.onnx: ONNX Runtime, .pte: ExecuTorch) at its metadata's input size; MACs from its metadata."""
     from .export import ModelFileError
-    from .runtime import META_MODEL, META_PREPROCESS, RuntimeModelError, open_model
+    from .runtime import META_MACS, META_MODEL, META_PREPROCESS, RuntimeModelError, open_model
 
     try:
         meta = open_model(path).metadata
     except RuntimeModelError as e:
         raise ModelFileError(str(e)) from None
-    res = json.loads(meta[META_PREPROCESS])["resolution"] if META_PREPROCESS in meta else None
-    if res is None:
+    if META_PREPROCESS not in meta:
         raise RubikError(f"{path} has no rubik metadata; bench files exported by `rubik export`")
-    if META_MODEL not in meta:
-        return path.stem, None, res
+    res = json.loads(meta[META_PREPROCESS])["resolution"]
+    x = np.random.default_rng(0).standard_normal((batch, 3, res, res), dtype=np.float32)
+    runner = _ort_runner if path.suffix == ".onnx" else _et_runner
+    if META_MACS in meta:
+        macs = int(meta[META_MACS])
+    else:  # a file from before the MACs entry: a classifier's spec counts them, any other spec has none here
+        macs = _spec_macs(json.loads(meta[META_MODEL]), res) if META_MODEL in meta else None
+    return path.name, macs, {FILE_BACKEND: runner(path, x, threads)}
+
+
+def _spec_macs(spec: dict, resolution: int) -> int | None:
     from ..models import build, get_spec
     from ..profile import count
 
-    spec = get_spec(json.loads(meta[META_MODEL]))
+    try:
+        spec = get_spec(spec)
+    except RubikError:
+        return None
     with torch.device("meta"):
-        macs, _ = count(build(spec), res)
-    return path.name, macs, res
+        return count(build(spec), resolution)[0]
 
 
-def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 100, warmup: int = 10,
-          backends: tuple[str, ...] = DEFAULT_BACKENDS, weights: str | None = None, calib: str | None = None,
-          calib_n: int = 64, workdir: str | Path | None = None, log=print) -> list[BenchRow]:
-    """Time each target (a model name, a spec JSON, or an exported .onnx file) on the requested backends.
+def bench(targets: list, *, threads: int = 1, batch: int = 1, runs: int = 100, warmup: int = 10,
+          backends: tuple[str, ...] = DEFAULT_BACKENDS, calib: str | None = None, calib_n: int = 64,
+          workdir: str | Path | None = None, log=print) -> list[BenchRow]:
+    """Time each target on the requested backends: a model (a name, a spec JSON, or a built network with its
+    `.spec`, e.g. a trained one), or an exported .onnx or .pte file of any task, timed in its own runtime.
 
-    A model is built with random weights and measured BatchNorm statistics (see `realistic_batchnorm`),
-    or loaded from `weights`, then exported and quantized here (int8 calibrated on
-    `calib` images, else on crops of real sample photos). A .onnx file is timed in ONNX Runtime only.
+    A named model is built with random weights and measured BatchNorm statistics (see `realistic_batchnorm`),
+    then exported and quantized here (int8 calibrated on `calib` images, else on crops of real sample photos).
     """
-    from ..models.ghost import GhostNet
-    from .export import export_onnx
-    from .images import open_images, sample_photos
-    from .quantize import quantize_int8
-
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise RubikError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
@@ -197,63 +203,87 @@ def bench(targets: list[str], *, threads: int = 1, batch: int = 1, runs: int = 1
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         for target in targets:
-            fns: dict[str, Callable[[], object]] = {}
-            if target.endswith((".onnx", ".pte")):
-                path = Path(target)
-                name, macs, res = _macs_of_file(path)
-                x = np.random.default_rng(0).standard_normal((batch, 3, res, res), dtype=np.float32)
-                runner = _ort_runner if target.endswith(".onnx") else _et_runner
-                fns[FILE_BACKEND] = runner(path, x, threads)
+            if isinstance(target, (str, Path)) and str(target).endswith((".onnx", ".pte")):
+                name, macs, fns = _file_paths(Path(target), batch, threads)
             else:
-                from ..classify.trained import load_classifier
-                from ..models.weights import create_model
-                from ..profile import count
-
-                model = load_classifier(weights, target) if weights else realistic_batchnorm(create_model(target))
-                name, res = model.spec.name, model.spec.resolution
-                macs, _ = count(model, res)
-                xt = torch.randn(batch, 3, res, res)
-                x = xt.numpy()
-                if "eager" in backends:
-                    fns["eager"] = lambda m=model, t=xt: _torch_call(m, t, threads)
-                if "compile" in backends:
-                    log(f"{name}: torch.compile (the first call compiles; minutes on a small CPU)")
-                    compiled = torch.compile(model)
-                    _torch_call(compiled, xt, threads)
-                    fns["compile"] = lambda m=compiled, t=xt: _torch_call(m, t, threads)
-                if "ort-fp32" in backends or "ort-int8" in backends:
-                    fp32 = export_onnx(model, work / f"{name}.onnx", batch=batch)
-                    if "ort-fp32" in backends:
-                        fns["ort-fp32"] = _ort_runner(fp32, x, threads)
-                    if "ort-int8" in backends:
-                        if isinstance(model, GhostNet):  # int8 starts from a file split only where it stays float
-                            fp32 = export_onnx(model, work / f"{name}.int8-source.onnx", batch=batch, split="int8")
-                        images = open_images(calib).images if calib else sample_photos(max(calib_n, batch))
-                        int8 = work / f"{name}.int8.onnx"
-                        quantize_int8(fp32, images, int8, calib_n=calib_n, threads=threads, log=log)
-                        fns["ort-int8"] = _ort_runner(int8, x, threads)
-                if "ort-plain" in backends:
-                    fns["ort-plain"] = _plain_ort_runner(model, work / f"{name}.plain.onnx", x)
-                if "et-fp32" in backends or "et-int8" in backends:
-                    from .executorch import ExecuTorchError, export_executorch
-
-                    try:
-                        if "et-fp32" in backends:
-                            et = export_executorch(model, work / f"{name}.pte", batch=batch)
-                            fns["et-fp32"] = _et_runner(et.path, x, threads)
-                        if "et-int8" in backends:
-                            images = open_images(calib).images if calib else sample_photos(max(calib_n, batch))
-                            et = export_executorch(model, work / f"{name}.int8.pte", batch=batch,
-                                                   calib_images=images, calib_n=calib_n)
-                            fns["et-int8"] = _et_runner(et.path, x, threads)
-                    except ExecuTorchError as e:
-                        log(f"{name}: ExecuTorch skipped ({e})")
+                name, macs, fns = _model_paths(target, work, backends, batch, threads, calib, calib_n, log)
             with torch_threads(threads):
                 times = time_interleaved(fns, runs=runs, warmup=warmup)
             for backend, ts in times.items():
                 rows.append(BenchRow(name, backend, statistics.median(ts), float(np.percentile(ts, 90)), batch,
                                      threads, macs))
     return rows
+
+
+def _model_paths(target, work: Path, backends: tuple[str, ...], batch: int, threads: int, calib: str | None,
+                 calib_n: int, log) -> tuple[str, int, dict[str, Callable]]:
+    """(name, MACs, {backend: one call}) of a model on every requested path but its files' runtimes'."""
+    from ..models.weights import create_model
+    from ..profile import count
+
+    model = target if isinstance(target, torch.nn.Module) else realistic_batchnorm(create_model(target))
+    model.eval()
+    name, res = model.spec.name, model.spec.resolution
+    macs, _ = count(model, res)
+    xt = torch.randn(batch, 3, res, res)
+    fns: dict[str, Callable] = {}
+    if "eager" in backends:
+        fns["eager"] = lambda m=model, t=xt: _torch_call(m, t, threads)
+    if "compile" in backends:
+        log(f"{name}: torch.compile (the first call compiles; minutes on a small CPU)")
+        compiled = torch.compile(model)
+        _torch_call(compiled, xt, threads)
+        fns["compile"] = lambda m=compiled, t=xt: _torch_call(m, t, threads)
+    images = None
+    if {"ort-int8", "et-int8"} & set(backends):
+        from .images import open_images, sample_photos
+
+        images = open_images(calib).images if calib else sample_photos(max(calib_n, batch))
+    fns.update(_ort_paths(model, work / name, backends, xt.numpy(), images, calib_n, threads, log))
+    if "ort-plain" in backends:
+        fns["ort-plain"] = _plain_ort_runner(model, work / f"{name}.plain.onnx", xt.numpy())
+    fns.update(_et_paths(model, work / name, backends, xt.numpy(), images, calib_n, threads, log))
+    return name, macs, fns
+
+
+def _ort_paths(model, stem: Path, backends, x: np.ndarray, images, calib_n: int, threads: int, log) -> dict:
+    """ort-fp32 and ort-int8, as `rubik export` writes the files."""
+    from .export import export_onnx
+    from .layout import in_ghost_layout
+    from .quantize import quantize_int8
+
+    fns = {}
+    batch = x.shape[0]
+    if "ort-fp32" in backends or "ort-int8" in backends:
+        fp32 = export_onnx(model, Path(f"{stem}.onnx"), batch=batch)
+        if "ort-fp32" in backends:
+            fns["ort-fp32"] = _ort_runner(fp32, x, threads)
+        if "ort-int8" in backends:
+            if in_ghost_layout(model):  # int8 starts from a file in the Ghost layout only where it stays float
+                fp32 = export_onnx(model, Path(f"{stem}.int8-source.onnx"), batch=batch, layout="int8")
+            int8 = Path(f"{stem}.int8.onnx")
+            quantize_int8(fp32, images, int8, calib_n=calib_n, threads=threads, log=log)
+            fns["ort-int8"] = _ort_runner(int8, x, threads)
+    return fns
+
+
+def _et_paths(model, stem: Path, backends, x: np.ndarray, images, calib_n: int, threads: int, log) -> dict:
+    """et-fp32 and et-int8 (skipped, with a line in the log, where ExecuTorch cannot export the model)."""
+    from .executorch import ExecuTorchError, export_executorch
+
+    fns = {}
+    batch = x.shape[0]
+    try:
+        if "et-fp32" in backends:
+            et = export_executorch(model, Path(f"{stem}.pte"), batch=batch)
+            fns["et-fp32"] = _et_runner(et.path, x, threads)
+        if "et-int8" in backends:
+            et = export_executorch(model, Path(f"{stem}.int8.pte"), batch=batch, calib_images=images,
+                                   calib_n=calib_n)
+            fns["et-int8"] = _et_runner(et.path, x, threads)
+    except ExecuTorchError as e:
+        log(f"{model.spec.name}: ExecuTorch skipped ({e})")
+    return fns
 
 
 def _torch_call(model, x, threads):

@@ -1,4 +1,4 @@
-"""`rubik export` (ONNX, int8, ncnn) and `rubik bench` (latency on every path). Heavy imports stay inside."""
+"""`rubik export` (ONNX, ExecuTorch, ncnn; int8) and `rubik bench` (latency on every path); heavy imports inside."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 from ..errors import RubikError
-
-FORMATS = ("onnx", "executorch", "ncnn")
 
 
 def _load_model(args: argparse.Namespace):
@@ -30,105 +28,27 @@ def _load_model(args: argparse.Namespace):
                      "ImageNet weights (--random-init exports untrained weights, for speed tests only)")
 
 
-def _heldout(calib: str, eval_source: str | None, calib_images, calib_idx: list[int], n: int, holdout):
-    from .images import open_images, sample
+def _export_target(args: argparse.Namespace):
+    """The export adapter of the model the flags name: the command knows the task, deploy/ does not."""
+    from ..tasks import task_for_weights
 
-    if eval_source:
-        held = open_images(eval_source, "test", holdout)
-        return held.subset(sample(held, n, seed=1))
-    held = open_images(calib, "test", holdout)
-    same = held.images == calib_images.images
-    idx = sample(held, n, seed=1, exclude=set(calib_idx) if same else None)
-    return held.subset(idx)
+    if args.weights and Path(args.weights).exists() and task_for_weights(args.weights, args.model).name == "detect":
+        from ..detect.cli import load_detector
+        from ..detect.export import DetectorExport
+
+        return DetectorExport(load_detector(args.weights, args.model))
+    from ..classify.export import ClassifierExport
+
+    return ClassifierExport(_load_model(args))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from ..detect.model import is_detection_run
+    from .pipeline import export
 
-    if args.weights and is_detection_run(args.weights, args.model):  # a detector: rubik/detect/export.py
-        from ..detect.export import cmd_export as export_detector_cmd
-
-        return export_detector_cmd(args)
-    from .export import export_onnx, verify_file
-
-    if args.format not in FORMATS:
-        raise RubikError(f"unknown --format {args.format!r}; choose one of {', '.join(FORMATS)}")
-    out = Path(args.output)
-    executorch = args.format == "executorch"
-    if args.int8 and not args.calib:
-        raise RubikError("--int8 needs calibration images: --calib DIR (images like the training data) or 'digits'")
-    if args.format == "ncnn" and args.int8:
-        raise RubikError("--int8 is for --format onnx or executorch; ncnn models are quantized with ncnn's own tools")
-    if executorch and (args.boundary != "auto" or args.calib_method != "auto" or args.dynamic_batch):
-        raise RubikError("--boundary, --calib-method and --dynamic-batch are for --format onnx; an ExecuTorch file "
-                         "has a static batch and its int8 is the XNNPACK quantizer's (every layer int8 unless the "
-                         "precision plan keeps some float)")
-    model = _load_model(args)
-    name = model.spec.name
-    verify_images = None
-    if args.calib or args.images:
-        from .images import open_images, sample
-
-        source = open_images(args.images or args.calib, "train")  # any real images: this checks arithmetic
-        verify_images = source.subset(sample(source, 16, seed=2)).images
-
-    if args.format == "ncnn":
-        from .edge import export_ncnn
-
-        result = export_ncnn(model, out, images=verify_images, threads=args.threads)
-        print(f"wrote {result.param} and {result.bin}")
-        print(f"ncnn {result.verification}")
-        return
-
-    suffix = ".pte" if executorch else ".onnx"
-    fp32_path = out.with_name(out.name.removesuffix(suffix) + ".fp32" + suffix) if args.int8 else out
-    if executorch:
-        from .executorch import export_executorch
-
-        print(export_executorch(model, fp32_path, batch=args.batch, resolution=args.resolution))
-    else:
-        export_onnx(model, fp32_path, dynamic_batch=args.dynamic_batch, batch=args.batch,
-                    resolution=args.resolution, opset=args.opset, split="int8" if args.int8 else "fp32")
-        print(f"wrote {fp32_path} ({name}, fp32, BatchNorm folded, "
-              f"{'dynamic' if args.dynamic_batch else args.batch} batch)")
-    check = verify_file(model, fp32_path, images=verify_images, threads=args.threads)
-    print(f"{'ExecuTorch' if executorch else 'ONNX Runtime'} vs PyTorch: {check}")
-    if not args.int8:
-        return
-
-    from ..image_folder import DEFAULT_HOLDOUT
-    from .images import open_images, sample
-    from .quantize import Int8Gate, enforce_gate, ort_activation_note
-
-    holdout = getattr(model, "holdout", DEFAULT_HOLDOUT)  # a run's split of a folder without val/
-    calib = open_images(args.calib, "train", holdout)
-    calib_idx = sample(calib, args.calib_n, seed=0)
-    held = _heldout(args.calib, args.eval, calib, calib_idx, args.eval_n, holdout)
-    gate = Int8Gate(fp32_path, held, getattr(model, "classes", None), args.max_drop, args.threads)
-    # The boundary and the precision plan are chosen on other images than the ones the gate checks on.
-    select = calib.subset(sample(calib, 256, seed=3, exclude=set(calib_idx))).images
-    images = calib.subset(calib_idx).images
-    if executorch:
-        from .precision_plan import export_executorch_planned
-
-        result, plan = export_executorch_planned(model, out, fp32_path, gate, calib_images=images, select_images=select,
-                                                 calib_n=args.calib_n, batch=args.batch, resolution=args.resolution,
-                                                 threads=args.threads)
-        print(f"{result}; PT2E static int8 (XNNPACK quantizer: per-channel symmetric weights), calibrated on "
-              f"{result.calib_images} images; " + (f"{len(result.keep_float)} layer(s) float by the precision plan"
-                                                   if result.keep_float else "every layer int8"))
-        print(result.activation_report())
-    else:
-        from .quantize import export_int8
-
-        config, _ = export_int8(fp32_path, images, out, gate, select_images=select,
-                                calib_n=args.calib_n, boundary=args.boundary, method=args.calib_method,
-                                threads=args.threads)
-        print(config.describe(out))
-        print(ort_activation_note(model) or "", end="")
-        plan = config.plan
-    print(gate.check(out))
-    enforce_gate(gate, out, plan)
+    options = {k: getattr(args, k) for k in ("format", "int8", "calib", "calib_n", "eval", "eval_n", "max_drop",
+                                             "batch", "resolution", "opset", "dynamic_batch", "boundary",
+                                             "calib_method", "images", "threads")}
+    export(_export_target(args), args.output, **options, log=print)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -137,10 +57,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
     backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else DEFAULT_BACKENDS
     if args.no_compile:
         backends = tuple(b for b in backends if b != "compile")
+    targets = args.targets
+    if args.weights:
+        from ..classify.trained import load_classifier
+
+        if len(targets) != 1:
+            raise RubikError("--weights are for a single model: name one MODEL with them")
+        targets = [load_classifier(args.weights, targets[0])]
     peak = matmul_peak(args.threads)
-    rows = bench(args.targets, threads=args.threads, batch=args.batch, runs=args.runs, backends=backends,
-                 weights=args.weights, calib=args.calib, calib_n=args.calib_n, log=lambda s: None if args.json
-                 else print(s, flush=True))
+    rows = bench(targets, threads=args.threads, batch=args.batch, runs=args.runs, backends=backends,
+                 calib=args.calib, calib_n=args.calib_n, log=lambda s: None if args.json else print(s, flush=True))
     if args.json:
         print(json.dumps({"matmul_peak_gmacs": peak, "rows": [r.as_dict() for r in rows]}, indent=2))
     else:

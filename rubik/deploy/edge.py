@@ -72,7 +72,7 @@ def export_ncnn(model: nn.Module, out: str | Path, images: list[Any] | None = No
     stem = out.name.removesuffix(".param").removesuffix(".ncnn").removesuffix(".onnx")
     pre = preprocess_of(model)
     with tempfile.TemporaryDirectory(prefix="rubik-ncnn-") as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / f"{stem}.onnx", batch=1, split=None)
+        onnx_path = export_onnx(model, Path(tmp) / f"{stem}.onnx", batch=1, layout=None)
         r = pre.resolution
         proc = subprocess.run([exe, onnx_path.name, f"inputshape=[1,3,{r},{r}]", f"fp16={int(fp16)}"], cwd=tmp,
                               capture_output=True, text=True, timeout=600)

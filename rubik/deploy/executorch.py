@@ -8,8 +8,8 @@ and is reported (`ExecuTorchExport.outside`). Preprocessing, class names and the
 `model.pte.json` beside the file (`metadata.write_sidecar`, the same entries ONNX files carry), which
 `runtime.Classifier` reads.
 
-`lower` takes any module with tensor outputs and an example input, so a detector's core (boxes and
-scores before decoding) exports the same way as a classifier (`export_executorch`).
+`write_pte` takes any task's `export.Graph` (a module with tensor outputs), so a detector's raw SSD
+outputs (rubik.detect.export) lower the same way as a classifier's network (`export_executorch`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
-from ..profile import deployed
-from .export import preprocess_of
-from .metadata import entries, write_sidecar
+from ..files import atomic_write
+from .export import Graph, network_graph
+from .metadata import write_sidecar
+from .runtime import META_PRECISION
 from .xnnpack_int8 import ActivationCounts, delegate_ops, make_quantizer, partitioner
 
 META_OUTSIDE = "rubik.outside_delegate"  # JSON list of operators XNNPACK did not take (run by portable kernels)
@@ -167,44 +168,43 @@ def lower_report(module: nn.Module, example: torch.Tensor, path: str | Path,
             raise ExecuTorchError(f"ExecuTorch cannot export {type(module).__name__}: {type(e).__name__}: "
                                   f"{_first_line(e)}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer)
-    tmp.replace(path)
+    atomic_write(path, lambda p: p.write_bytes(buffer))
     float_inside = delegate_ops(path).float_compute() if counts is not None else {}
     return Lowered(path, outside, counts, float_inside)
 
 
-def export_executorch(model: nn.Module, path: str | Path, *, batch: int = 1, resolution: int | None = None,
-                      calib_images: list | None = None, calib_n: int = 256, classes: list[str] | None = None,
-                      core: nn.Module | None = None, outputs: tuple[str, ...] = ("logits",),
-                      extra_meta: dict[str, str] | None = None, preprocess=None,
-                      keep_float: Collection[str] = ()) -> ExecuTorchExport:
-    """Write `model` as an XNNPACK-delegated .pte (int8 when `calib_images` are given) and its metadata beside it.
+def write_pte(graph: Graph, path: str | Path, *, batch: int = 1, calib_images: list | None = None,
+              calib_n: int = 256, keep_float: Collection[str] = ()) -> ExecuTorchExport:
+    """Write `graph` as an XNNPACK-delegated .pte (int8 when `calib_images` are given) and its metadata beside it
+    (`graph.metadata`, plus the input shape, output names and what the delegate left out).
 
-    `core`: the module to lower when it is not `model` itself (a detector's backbone and head; `model`
-    still supplies the spec), with `outputs` naming its outputs and `extra_meta` (e.g. a detector's default
-    boxes) travelling in the same JSON; `preprocess` overrides the model's own (`export.preprocess_of`);
-    `keep_float`: module names (of the lowered module) that int8 leaves float (a precision plan).
+    `keep_float`: module names (of `graph.module`) that int8 leaves float (a precision plan).
     """
-    pre = preprocess or preprocess_of(model, resolution)
+    pre = graph.preprocess
     example = torch.randn(batch, 3, pre.resolution, pre.resolution)
-    module = core if core is not None else deployed(model)
     batches = None
     if calib_images is not None:
         images = list(calib_images[:calib_n])
         if len(images) < batch:
             raise ExecuTorchError(f"{len(images)} calibration image(s) for a fixed batch of {batch}")
         batches = (torch.from_numpy(pre(images[i:i + batch])) for i in range(0, len(images) - batch + 1, batch))
-    lowered = lower_report(module, example, path, batches, keep_float)
+    lowered = lower_report(graph.module, example, path, batches, keep_float)
     precision = "int8" if calib_images is not None else "fp32"
-    meta = entries(model, pre, precision, classes, **{META_INPUT_SHAPE: json.dumps(list(example.shape)),
-                                                      META_OUTPUTS: json.dumps(list(outputs)),
-                                                      META_OUTSIDE: json.dumps(lowered.outside)})
+    meta = {**graph.metadata, META_PRECISION: precision, META_INPUT_SHAPE: json.dumps(list(example.shape)),
+            META_OUTPUTS: json.dumps(list(graph.outputs)), META_OUTSIDE: json.dumps(lowered.outside)}
     if lowered.activations is not None:
         meta[META_INT8] = json.dumps({**asdict(lowered.activations), "float_inside_delegate": lowered.float_inside,
                                       "keep_float": list(keep_float)})
-    meta.update(extra_meta or {})
     write_sidecar(lowered.path, meta)
     return ExecuTorchExport(lowered.path, precision, lowered.outside,
                             len(calib_images[:calib_n]) if calib_images else 0, lowered.activations,
                             lowered.float_inside, list(keep_float))
+
+
+def export_executorch(model: nn.Module, path: str | Path, *, batch: int = 1, resolution: int | None = None,
+                      calib_images: list | None = None, calib_n: int = 256, classes: list[str] | None = None,
+                      keep_float: Collection[str] = ()) -> ExecuTorchExport:
+    """Write a rubik network as a .pte (`export.network_graph` through `write_pte`; no Ghost layout: that is
+    ONNX Runtime's x86 float layout), int8 when `calib_images` are given."""
+    graph = network_graph(model, resolution=resolution, layout=None, classes=classes)
+    return write_pte(graph, path, batch=batch, calib_images=calib_images, calib_n=calib_n, keep_float=keep_float)

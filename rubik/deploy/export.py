@@ -1,14 +1,19 @@
-"""PyTorch -> ONNX: BatchNorm folded, pooling ORT can run in int8, preprocessing in the metadata, verified.
+"""The export core: a task's graph -> a verified file, for every task and format.
 
-`export_onnx` writes a portable file (no hardware-specific ORT layouts): any ONNX runtime, or a
-converter such as MindSpore Lite's, can take it. `verify_onnx` runs it in ONNX Runtime against
-PyTorch on real images and raises when the two disagree beyond tolerance.
+A task builds its `Graph` (the module to trace, its outputs and metadata: a classifier's network from
+`network_graph`, a detector's raw SSD outputs from rubik.detect.export); the core writes it as ONNX
+(`write_onnx`: BatchNorm folded, pooling ORT can run in int8, metadata in the file) or as an ExecuTorch
+.pte (`executorch.write_pte`, metadata beside it), every file atomically (`rubik.files.atomic_write`),
+and the task checks the file against PyTorch in its runtime (a classifier with `verify_file`).
+`deploy.pipeline.export` runs the whole chain, int8 included. The files are portable (no
+hardware-specific ORT layouts): any ONNX runtime, or a converter such as MindSpore Lite's, can take them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,67 +107,92 @@ def pool_to_global_average(graph) -> int:
     return done
 
 
-def ghost_split(model: nn.Module, split: str | int | None) -> nn.Module:
-    """`model` itself, or for a GhostNet its split equivalent as `export_onnx`'s `split` asks."""
-    from ..models.ghost import GhostNet
-    from .layout import int8_split_blocks, split_ghostnet
+@dataclass
+class Graph:
+    """What the export core writes: a module from a batch of images (Nx3xRxR float) to named tensors, and the
+    metadata that travels with it. A task builds its graph (a classifier: the network; a detector: its raw SSD
+    outputs); the core traces it, writes it atomically and the task verifies it."""
 
-    if split is not None and split not in ("fp32", "int8") and not isinstance(split, int):
-        raise RubikError(f"split must be 'fp32', 'int8', a number of blocks or None, got {split!r}")
-    if split is None or not isinstance(model, GhostNet):
-        return model
-    blocks = {"fp32": None, "int8": int8_split_blocks(model)}.get(split, split)
-    return split_ghostnet(model, blocks=blocks)
-
-
-def set_metadata(onnx_model, **entries: str) -> None:
-    """Merge entries into an ONNX model's metadata (`metadata.set_onnx_metadata`, the one writer)."""
-    from .metadata import set_onnx_metadata
-
-    set_onnx_metadata(onnx_model, entries)
+    module: nn.Module  # eval mode, in its deployed layout (BatchNorm is folded by the ONNX writer)
+    preprocess: Preprocess
+    metadata: dict[str, str]  # `metadata.entries(...)`, plus the task's own entries
+    outputs: tuple[str, ...] = (OUTPUT_NAME,)
+    name: str = "model"  # for messages
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, dynamic_batch: bool = False, batch: int = 1,
-                resolution: int | None = None, classes: list[str] | None = None,
-                opset: int = DEFAULT_OPSET, split: str | int | None = "fp32") -> Path:
-    """Write `model` as an ONNX file: BatchNorm folded, input `input` (Nx3xRxR float32), output `logits`.
+def network_graph(model: nn.Module, *, resolution: int | None = None, layout: str | int | None = "fp32",
+                  classes: list[str] | None = None) -> Graph:
+    """The graph of a rubik network (image -> logits): re-parameterised branches folded (GhostNetV3, as
+    deployed), a GhostNet v1 in the Ghost layout for `layout` (`layout.network_layout`)."""
+    from ..profile import count
+    from .layout import network_layout
+    from .metadata import entries
 
-    The preprocessing (resolution, crop, mean/std) and class names go into the file's metadata, so
-    `rubik.deploy.runtime.Classifier` needs nothing else. `dynamic_batch` leaves the batch size free;
-    otherwise it is fixed to `batch`, which lets ONNX Runtime plan memory once.
-    `split` rewrites a GhostNet so that its Ghost halves are never concatenated (`layout.split_ghostnet`,
-    the same function, 20 % faster in ONNX Runtime's float kernels on x86): "fp32" splits every bottleneck,
-    "int8" only those the int8 path keeps in float (`layout.int8_split_blocks`), a number that many, None none.
-    """
-    import onnx
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pre = preprocess_of(model, resolution)
-    # A model with train-time re-parameterisable branches (GhostNetV3) is exported folded, as deployed.
-    folded = fold_batchnorm(ghost_split(deployed(model), split))
-    # torch.export specialises a dimension of size 1, so trace a dynamic batch with 2.
-    example = torch.randn(2 if dynamic_batch else batch, 3, pre.resolution, pre.resolution)
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    module = network_layout(deployed(model), layout).eval()
+    macs, _ = count(model, pre.resolution)
+    spec = getattr(model, "spec", None)
+    return Graph(module, pre, entries(model, pre, "fp32", classes, macs=macs), (OUTPUT_NAME,),
+                 spec.name if spec is not None else type(model).__name__)
+
+
+def _trace(module: nn.Module, example: torch.Tensor, path: Path, graph: Graph, opset: int,
+           dynamic_shapes) -> None:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as log:
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(folded, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=list(graph.outputs),
                               opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=dynamic_shapes,
                               verbose=False)
         except Exception as e:
             tail = " ".join(log.getvalue().split()[-30:])
-            raise RubikError(f"ONNX export of {getattr(model, 'spec', model).__class__.__name__} failed: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0][:200]} {tail[:200]}") from e
-    onnx_model = onnx.load(str(path))
-    pool_to_global_average(onnx_model.graph)
-    from .metadata import entries, set_onnx_metadata
+            raise RubikError(f"ONNX export of {graph.name} failed: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]} {tail[:200]}") from e
 
-    set_onnx_metadata(onnx_model, entries(model, pre, "fp32", classes))
+
+def write_onnx(graph: Graph, path: str | Path, *, batch: int = 1, dynamic_batch: bool = False,
+               opset: int = DEFAULT_OPSET) -> Path:
+    """Write `graph` as an ONNX file, atomically: BatchNorm folded, input `input`, outputs as `graph.outputs`,
+    ReduceMean pooling as GlobalAveragePool (`pool_to_global_average`), `graph.metadata` in the file.
+
+    `dynamic_batch` leaves the batch size free; otherwise it is fixed to `batch`, which lets ONNX Runtime plan
+    memory once."""
+    import onnx
+
+    from ..files import atomic_write
+    from .metadata import set_onnx_metadata
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    r = graph.preprocess.resolution
+    # torch.export specialises a dimension of size 1, so trace a dynamic batch with 2.
+    example = torch.randn(2 if dynamic_batch else batch, 3, r, r)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    with tempfile.TemporaryDirectory(prefix="rubik-onnx-") as tmp:  # a failed trace leaves nothing behind
+        traced = Path(tmp) / path.name
+        _trace(fold_batchnorm(graph.module), example, traced, graph, opset, dynamic_shapes)
+        onnx_model = onnx.load(str(traced))
+    pool_to_global_average(onnx_model.graph)
+    set_onnx_metadata(onnx_model, graph.metadata)
     onnx_model.producer_name = "rubik"
     onnx.checker.check_model(onnx_model)
-    onnx.save(onnx_model, str(path))
+    atomic_write(path, lambda p: onnx.save(onnx_model, str(p)))
     return path
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, dynamic_batch: bool = False, batch: int = 1,
+                resolution: int | None = None, classes: list[str] | None = None,
+                opset: int = DEFAULT_OPSET, layout: str | int | None = "fp32") -> Path:
+    """Write a rubik network as an ONNX file (`network_graph` through `write_onnx`): input `input` (Nx3xRxR
+    float32), output `logits`, the preprocessing (resolution, crop, mean/std) and class names in the metadata,
+    so `rubik.deploy.runtime.Classifier` needs nothing else.
+
+    `layout`: a GhostNet v1 runs in the Ghost layout (`deploy.layout`, 20 % faster in ONNX Runtime's float
+    kernels on x86): "fp32" every bottleneck, "int8" those the int8 path keeps in float, a number that many,
+    None none.
+    """
+    graph = network_graph(model, resolution=resolution, layout=layout, classes=classes)
+    return write_onnx(graph, path, batch=batch, dynamic_batch=dynamic_batch, opset=opset)
 
 
 @dataclass

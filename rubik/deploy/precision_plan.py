@@ -143,20 +143,18 @@ META_PLAN = "rubik.precision_plan"  # JSON in a .pte's sidecar: the plan (`Preci
 PTE_MAX_PROBES = 24  # each .pte probe is a whole PT2E calibration and XNNPACK lowering, not a graph rewrite
 
 
-def executorch_layers(model) -> list[str]:
-    """The dotted names (`named_modules`) of the deployed network's convolutions and linear layers: what the
-    XNNPACK quantizer's per-module config can leave float."""
+def executorch_layers(module) -> list[str]:
+    """The dotted names (`named_modules`) of a graph's convolutions and linear layers: what the XNNPACK
+    quantizer's per-module config can leave float."""
     from torch import nn
 
-    from ..profile import deployed
-
-    return [name for name, m in deployed(model).named_modules() if name and isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [name for name, m in module.named_modules() if name and isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def export_executorch_planned(model, path, fp32_path, gate: Callable[[object], bool], *, calib_images: list,
-                              select_images: list, calib_n: int = 256, batch: int = 1, resolution: int | None = None,
-                              threads: int = 1, log=print):
-    """`export_executorch(..., keep_float=...)` with the precision plan: the int8 .pte at `path`, with the
+def export_executorch_planned(graph, path, fp32_path, gate: Callable[[object], bool], *, calib_images: list,
+                              select_images: list | None, calib_n: int = 256, batch: int = 1, threads: int = 1,
+                              log=print):
+    """`executorch.write_pte(graph, ..., keep_float=...)` with the precision plan: the int8 .pte at `path`, with the
     fewest modules float that make it pass `gate` (the held-out check), ranked leave-one-out by top-1 agreement
     with the fp32 .pte at `fp32_path` on `select_images`. Returns (ExecuTorchExport, the plan's summary, {} when
     the all-int8 file passed). The chosen file is copied from its probe, not lowered again."""
@@ -166,28 +164,28 @@ def export_executorch_planned(model, path, fp32_path, gate: Callable[[object], b
     import tempfile
     from pathlib import Path
 
+    from ..files import atomic_write
     from ..timing import median_ms
-    from .executorch import export_executorch
+    from .executorch import write_pte
     from .metadata import write_sidecar
     from .quantize import Agreement
-    from .runtime import META_PREPROCESS, Preprocess, open_model, sidecar_path
+    from .runtime import open_model, sidecar_path
 
-    options = dict(batch=batch, resolution=resolution, calib_images=calib_images, calib_n=calib_n)
+    options = dict(batch=batch, calib_images=calib_images, calib_n=calib_n)
     with tempfile.TemporaryDirectory(prefix="rubik-pte-plan-") as tmp:
         made: dict[frozenset[str], object] = {}  # keep_float -> ExecuTorchExport
 
         def quantize(keep: frozenset[str]) -> Path:
             if keep not in made:
-                made[keep] = export_executorch(model, Path(tmp) / f"int8_{len(made)}.pte", keep_float=sorted(keep),
-                                               **options)
+                made[keep] = write_pte(graph, Path(tmp) / f"int8_{len(made)}.pte", keep_float=sorted(keep), **options)
             return made[keep].path
 
         plan = find_plan(quantize, Agreement(Path(fp32_path), select_images, threads), gate,
-                         executorch_layers(model), max_probes=PTE_MAX_PROBES, reference=Path(fp32_path), log=log)
+                         executorch_layers(graph.module), max_probes=PTE_MAX_PROBES, reference=Path(fp32_path),
+                         log=log)
         summary = plan.as_dict() if plan.ran else {}
         if plan.passed and plan.keep_float:
-            meta = json.loads(sidecar_path(fp32_path).read_text())
-            x = Preprocess.from_json(meta[META_PREPROCESS])(select_images[:batch])
+            x = graph.preprocess(select_images[:batch])
             runs = {k: open_model(p, threads) for k, p in
                     {"fp32": fp32_path, "int8": quantize(frozenset()), "plan": plan.file}.items()}
             ms = median_ms({k: (lambda m=m: m.run(x)) for k, m in runs.items()}, runs=30, warmup=5)
@@ -199,8 +197,7 @@ def export_executorch_planned(model, path, fp32_path, gate: Callable[[object], b
         chosen = made[frozenset(summary.get("keep_float", []))]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(chosen.path, path.with_name(f".{path.name}.tmp"))
-        path.with_name(f".{path.name}.tmp").replace(path)
+        atomic_write(path, lambda p: shutil.copyfile(chosen.path, p))
         meta = json.loads(sidecar_path(chosen.path).read_text())
         write_sidecar(path, {**meta, **({META_PLAN: json.dumps(summary)} if summary else {})})
         result = dataclasses.replace(chosen, path=path)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RubikError
+from ..files import atomic_write
 from ..timing import median_ms
 from .export import open_session
 from .images import LabelledImages
@@ -135,9 +136,9 @@ def _node_kinds(graph) -> list[str]:
     return kinds
 
 
-def _split_join(graph) -> int | None:
-    """Index of the node after the Concat that joins a split GhostNet's parts (`layout.SplitGhostNet`:
-    a Concat of Slices), or None. Int8 starting there leaves every split block in float, where the split
+def _layout_join(graph) -> int | None:
+    """Index of the node after the Concat that joins a GhostNet's parts in the Ghost layout (`layout.GhostLayoutNet`:
+    a Concat of Slices), or None. Int8 starting there leaves every block in the layout in float, where the layout
     pays; starting inside, each part's sum becomes a QLinearAdd in plain NCHW with transposes around it."""
     made_by = {o: n.op_type for n in graph.node for o in n.output}
     for i, node in enumerate(graph.node):
@@ -148,7 +149,7 @@ def _split_join(graph) -> int | None:
 
 def candidate_boundaries(graph, max_candidates: int = MAX_CANDIDATES) -> list[int]:
     """Where int8 may start: after the stem, at one of the depthwise convs in the first part of the network,
-    or (a split GhostNet) where its float-layout parts are joined.
+    or (a GhostNet in the Ghost layout) where its parts are joined.
 
     Starting at a depthwise conv keeps each block's expansion and depthwise in the same precision.
     """
@@ -163,7 +164,7 @@ def candidate_boundaries(graph, max_candidates: int = MAX_CANDIDATES) -> list[in
             while start > stem + 1 and kinds[start - 1] not in ("Add", "Concat", "dw"):
                 start -= 1
             picks.append(start)
-    join = _split_join(graph)
+    join = _layout_join(graph)
     if join is not None and max_candidates > 1:
         picks.append(join)
     return sorted(set(picks))
@@ -534,9 +535,7 @@ def write_int8(quantized: Path, fp32_path: Path, config: QuantConfig, out_path: 
     set_onnx_metadata(model, {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props})
     set_onnx_metadata(model, {META_PRECISION: "int8", META_INT8: json.dumps(asdict(config))})
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out_path)
+    atomic_write(out_path, lambda p: onnx.save(model, str(p)))
 
 
 def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Path, *, calib_n: int = 256,

@@ -26,6 +26,7 @@ META_PREPROCESS = "rubik.preprocess"  # JSON: resolution, crop_pct, interpolatio
 META_CLASSES = "rubik.classes"  # JSON list of class names (absent when unknown)
 META_MODEL = "rubik.model"  # JSON model spec, for the record
 META_PRECISION = "rubik.precision"  # "fp32" or "int8"
+META_MACS = "rubik.macs"  # multiply-accumulates of one image through the model (absent in files before 2026-12)
 SIDECAR_SUFFIX = ".json"  # model.pte -> model.pte.json: the same entries, for formats with no metadata of their own
 
 
@@ -154,8 +155,12 @@ class OnnxModel:
         batch = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
 
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output (a detector has several)."""
+        return self.session.run(None, {self.input_name: x})
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        return self.run_all(x)[0]
 
 
 def _pin_xnnpack_threads(threads: int) -> bool:
@@ -284,12 +289,13 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 class Detector:
-    """An exported SSDLite detector (`rubik export` of a detector run): numpy + onnxruntime (+ Pillow for files).
+    """An exported SSDLite detector (`rubik export` of a detector run, .onnx or .pte): numpy + its runtime (+ Pillow
+    for files).
 
     The graph computes the backbone and head (raw box offsets and class logits per default box); decoding
     and per-class NMS run here in numpy, with torchvision SSD's rules and the settings in the file's metadata:
 
-        det = Detector("det.onnx")
+        det = Detector("det.onnx")   # or Detector("det.pte")
         det.detect("street.jpg")   # [{"box": [x1, y1, x2, y2], "score": 0.91, "label": 3, "class": "car"}, ...]
 
     Boxes are in the pixels of the image passed in (it is resized to the model's square input, as in training).
@@ -299,8 +305,8 @@ class Detector:
         import base64
 
         self.path = Path(path)
-        self.session = open_session(self.path, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
+        self.model = open_model(self.path, threads)
+        meta = self.model.metadata
         if META_DETECTOR not in meta or META_PREPROCESS not in meta:
             raise RuntimeModelError(f"model file {self.path} is not a rubik detector (no {META_DETECTOR} metadata); "
                                     "export a detector run with `rubik export --weights RUN -o det.onnx`")
@@ -310,7 +316,6 @@ class Detector:
         self.anchors = np.frombuffer(base64.b64decode(d["anchors"]), dtype="<f4").reshape(-1, 4).astype(np.float32)
         self.classes: list[str] | None = json.loads(meta[META_CLASSES]) if META_CLASSES in meta else None
         self.precision = meta.get(META_PRECISION, "fp32")
-        self.input_name = self.session.get_inputs()[0].name
 
     def resize(self, image: Any) -> tuple[np.ndarray, tuple[int, int]]:
         """Image -> (RxRx3 uint8, original (width, height)): a plain resize (no crop), Pillow bilinear."""
@@ -328,7 +333,7 @@ class Detector:
 
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """1x3xRxR preprocessed input -> (box offsets A x 4, class logits A x (K + 1)) of its one image."""
-        regression, logits = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        regression, logits = self.model.run_all(np.ascontiguousarray(x, dtype=np.float32))
         return regression[0], logits[0]
 
     def decode(self, regression: np.ndarray, logits: np.ndarray, size: tuple[int, int],

@@ -1,4 +1,4 @@
-"""Detector -> ONNX: backbone and head in the graph, decoding and NMS in the runtime.
+"""The detector's part of the export pipeline: its graph (backbone and head), its checks, its images.
 
 The graph maps a 1x3xRxR normalised image to SSD's raw outputs, `bbox_regression` (1 x A x 4 offsets
 from the A default boxes) and `cls_logits` (1 x A x (K + 1), class 0 the background). Decoding,
@@ -6,6 +6,8 @@ softmax, per-class thresholds, top-k and NMS run in `rubik.deploy.runtime.Detect
 torchvision SSD's rules; the default boxes and settings travel in the file's metadata. Why there and
 not in the graph: int8 then covers exactly the backbone and head (the arithmetic that costs), and
 box decoding stays float in every precision; ONNX NMS would also tie the file to runtimes that have it.
+The export core (rubik.deploy) writes the graph as ONNX or as an ExecuTorch .pte; `DetectorExport` is
+what `deploy.pipeline.export` asks of a detector.
 
 `verify_detector` checks the file against PyTorch twice: the raw outputs on the same inputs, and the
 final boxes of `Detector` against torchvision's SSD (same labels, IoU > 0.99, scores within 1e-3):
@@ -15,93 +17,85 @@ every one of the best 20 boxes per image, and 98 % of all above the score thresh
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import math
-import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..deploy.export import Graph
+from ..deploy.images import LabelledImages
 from ..errors import RubikError
 
-OUTPUT_NAMES = ["bbox_regression", "cls_logits"]
+OUTPUT_NAMES = ("bbox_regression", "cls_logits")
 TOP_BOXES = 20  # per image, the runtime must reproduce each of PyTorch's best boxes
+VERIFY_PHOTOS = 4  # sample photos the fp32 file is checked on when no images are given
 
 
-class SplitGhostBody(nn.Module):
-    """A GhostNet detector body whose first `blocks` bottlenecks run split (`deploy.layout`), for float export.
+class GhostLayoutBody(nn.Module):
+    """A GhostNet detector body whose first `blocks` bottlenecks run in the Ghost layout (`deploy.layout`).
 
     The same function as the body (`ExpansionTaps`), without the Concats and layout conversions that cost
-    ONNX Runtime's float kernels on x86; the split ends before the stride-32 stage, where both taps are.
+    ONNX Runtime's float kernels on x86; the layout ends before the stride-32 stage, where both taps are.
     """
 
-    def __init__(self, body: nn.Module, blocks: int | None = None, block: int = 16):
+    def __init__(self, body: nn.Module, blocks: int, block: int = 16):
         super().__init__()
-        from ..deploy.layout import SplitGhostPrefix
+        from ..deploy.layout import GhostLayoutPrefix
 
         self.start = body._steps.index(body._stage)
-        bottlenecks = self.bottlenecks(body)
-        blocks = len(bottlenecks) if blocks is None else min(blocks, len(bottlenecks))
-        self.prefix = SplitGhostPrefix(body.conv_stem, body.bn1, bottlenecks[:blocks], block)
-        self.rest = nn.Sequential(*bottlenecks[blocks:])
+        modules = body_bottlenecks(body)
+        self.prefix = GhostLayoutPrefix(body.conv_stem, body.bn1, modules[:blocks], block)
+        self.rest = nn.Sequential(*modules[blocks:])
         self.body = body
-
-    @staticmethod
-    def bottlenecks(body: nn.Module) -> list[nn.Module]:
-        """The body's bottlenecks before the stride-32 stage, in order."""
-        steps = body._steps[:body._steps.index(body._stage)]
-        return [b for step in steps if step.startswith("blocks.") for b in body._module(step)]
-
-    @staticmethod
-    def applies(body: nn.Module) -> bool:
-        """A GhostNet body tapped at the expansion, whose steps before the stride-32 stage are stem and blocks."""
-        from ..models.ghost import GhostBottleneck
-        from .model import ExpansionTaps
-
-        if not isinstance(body, ExpansionTaps) or getattr(body.spec, "family", None) != "ghostnet":
-            return False
-        steps = body._steps[:body._steps.index(body._stage)]
-        blocks = [s for s in steps if s.startswith("blocks.")]
-        return (steps == ["conv_stem", "bn1", "act1", *blocks] and isinstance(body.act1, nn.ReLU)
-                and all(isinstance(b, GhostBottleneck) for b in SplitGhostBody.bottlenecks(body)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body(self.rest(self.prefix(x)), start=self.start)
 
 
-def split_body(det: nn.Module, split: str | None) -> SplitGhostBody | None:
-    """The split body `export_detector(split=...)` exports ("fp32": every bottleneck before stride 32 split,
-    "int8": those the int8 file keeps in float), or None for no split or a body that is not a GhostNet's."""
-    from ..deploy.layout import int8_split_count
+def body_bottlenecks(body: nn.Module | None) -> list[nn.Module] | None:
+    """The bottlenecks of a body tapped at the expansion (`ExpansionTaps`) before its stride-32 stage, when its
+    steps before that stage are a ReLU stem and blocks only (a GhostNet's); else None."""
+    from .model import ExpansionTaps
 
-    if split not in (None, "fp32", "int8"):
-        raise RubikError(f"split must be 'fp32', 'int8' or None, got {split!r}")
-    body = getattr(det.backbone, "body", None)  # torchvision's own MobileNetV3 extractor has none
-    if split is None or not SplitGhostBody.applies(body):
+    if not isinstance(body, ExpansionTaps):  # torchvision's own MobileNetV3 extractor, or another tap
         return None
-    blocks = None if split == "fp32" else int8_split_count(SplitGhostBody.bottlenecks(body))
-    return SplitGhostBody(body.eval(), blocks)
+    steps = body._steps[:body._steps.index(body._stage)]
+    blocks = [s for s in steps if s.startswith("blocks.")]
+    if steps != ["conv_stem", "bn1", "act1", *blocks] or not isinstance(body.act1, nn.ReLU):
+        return None
+    return [b for step in blocks for b in body._module(step)]
+
+
+def body_layout(det: nn.Module, layout: str | int | None) -> GhostLayoutBody | None:
+    """The body `DetectorCore` runs for `layout` (as `deploy.layout.layout_blocks`: "fp32" every bottleneck before
+    stride 32, "int8" those the int8 file keeps in float, N the first N), or None: no layout, or a body that is not
+    a GhostNet v1's."""
+    from ..deploy.layout import layout_blocks
+
+    body = getattr(det.backbone, "body", None)
+    modules = body_bottlenecks(body)
+    blocks = layout_blocks(modules or [], layout)
+    return None if blocks is None else GhostLayoutBody(body.eval(), blocks)
 
 
 class DetectorCore(nn.Module):
-    """Backbone + extra layers + SSDLite head of a torchvision SSD: what the ONNX graph computes.
+    """Backbone + extra layers + SSDLite head of a torchvision SSD: what the exported graph computes.
 
-    `split` ("fp32" or "int8", as `deploy.export.export_onnx`) runs a GhostNet body split (`SplitGhostBody`).
+    `layout` ("fp32" or "int8", as `deploy.export.export_onnx`) runs a GhostNet body in the Ghost layout.
     """
 
-    def __init__(self, det: nn.Module, split: str | None = None):
+    def __init__(self, det: nn.Module, layout: str | int | None = None):
         super().__init__()
         self.backbone, self.head = det.backbone, det.head
-        self.split = split_body(det, split)
+        self.layout_body = body_layout(det, layout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.backbone(x) if self.split is None else self.backbone.extend(self.split(x))
+        feats = self.backbone(x) if self.layout_body is None else self.backbone.extend(self.layout_body(x))
         out = self.head(list(feats.values()))
         return out["bbox_regression"], out["cls_logits"]
 
@@ -121,7 +115,10 @@ def default_boxes(det: nn.Module) -> torch.Tensor:
 
 
 def detector_metadata(det: nn.Module) -> dict[str, str]:
-    from ..deploy.runtime import META_CLASSES, META_DETECTOR, META_MODEL, META_PRECISION, META_PREPROCESS, Preprocess
+    """The file's metadata: preprocessing, classes, spec, MACs, and the decoding settings with the default boxes."""
+    from ..deploy.metadata import entries
+    from ..deploy.runtime import META_DETECTOR, Preprocess
+    from .model import detector_macs_params
 
     spec = det.spec
     anchors = default_boxes(det).numpy().astype("<f4")
@@ -132,53 +129,31 @@ def detector_metadata(det: nn.Module) -> dict[str, str]:
                 "anchors": base64.b64encode(anchors.tobytes()).decode()}
     # crop_pct 1 and bilinear: what deploy's calibration reads; the runtime itself stretches to R x R.
     pre = Preprocess(spec.resolution, 1.0, "bilinear", tuple(spec.mean), tuple(spec.std))
-    meta = {META_PREPROCESS: pre.to_json(), META_DETECTOR: json.dumps(settings), META_PRECISION: "fp32",
-            META_MODEL: json.dumps(spec.to_dict())}
-    if det.classes:
-        meta[META_CLASSES] = json.dumps(list(det.classes))
-    return meta
+    return entries(det, pre, "fp32", det.classes, macs=detector_macs_params(det)[0],
+                   **{META_DETECTOR: json.dumps(settings)})
 
 
-def export_detector(det: nn.Module, path: str | Path, opset: int = 18, split: str | None = "fp32") -> Path:
-    """Write the detector's backbone + head as ONNX (BatchNorm folded) with the runtime's metadata.
+def detector_graph(det: nn.Module, layout: str | int | None = "fp32") -> Graph:
+    """The detector's graph for the export core: `DetectorCore` (raw SSD outputs), the runtime's metadata."""
+    from ..deploy.runtime import META_PREPROCESS, Preprocess
 
-    `split`: a GhostNet body runs split (`SplitGhostBody`): "fp32" every bottleneck before stride 32,
-    "int8" those the int8 file keeps in float (as `deploy.export.export_onnx`), None none.
-    """
-    import onnx
-
-    from ..deploy.export import fold_batchnorm, set_metadata
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     det = det.eval()
-    core = fold_batchnorm(DetectorCore(det, split))
-    r = det.spec.resolution
-    tmp = path.with_name(path.name + ".partial")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as log:
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(core, (torch.randn(1, 3, r, r),), str(tmp), input_names=["input"],
-                              output_names=OUTPUT_NAMES, opset_version=opset, dynamo=True, external_data=False,
-                              verbose=False)
-        except Exception as e:
-            tmp.unlink(missing_ok=True)
-            tail = " ".join(log.getvalue().split()[-30:])
-            raise RubikError(f"ONNX export of detector {det.spec.name} failed: {type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200]} {tail[:200]}") from e
-    model = onnx.load(str(tmp))
-    set_metadata(model, **detector_metadata(det))
-    model.producer_name = "rubik"
-    onnx.checker.check_model(model)
-    onnx.save(model, str(tmp))
-    tmp.replace(path)  # atomic: an interrupted export never leaves a half-written det.onnx
-    return path
+    meta = detector_metadata(det)
+    return Graph(DetectorCore(det, layout).eval(), Preprocess.from_json(meta[META_PREPROCESS]), meta, OUTPUT_NAMES,
+                 det.spec.name)
+
+
+def export_detector(det: nn.Module, path: str | Path, opset: int = 18, layout: str | int | None = "fp32") -> Path:
+    """Write the detector's backbone + head as ONNX (`detector_graph` through `deploy.export.write_onnx`)."""
+    from ..deploy.export import write_onnx
+
+    return write_onnx(detector_graph(det, layout), path, opset=opset)
 
 
 @dataclass
 class DetectorVerification:
     images: int
-    max_abs_diff: float  # raw outputs, ONNX vs PyTorch
+    max_abs_diff: float  # raw outputs, the file vs PyTorch
     tolerance: float
     boxes: int  # final detections compared (PyTorch's, score >= min_score)
     matched: int  # of them, found in the runtime's output (same label, IoU > 0.99, score within 1e-3)
@@ -211,15 +186,26 @@ def torch_detections(det: nn.Module, image) -> tuple[np.ndarray, np.ndarray, np.
     return out["boxes"].numpy() * scale, out["scores"].numpy(), out["labels"].numpy()
 
 
+def _pil(image):
+    """A PIL image of a PIL image, a file path or an HxWx3 uint8 array."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as f:
+            return f.convert("RGB")
+    return Image.fromarray(image) if isinstance(image, np.ndarray) else image
+
+
 def verify_detector(det: nn.Module, path: str | Path, images: list, min_score: float = 0.05,
-                    rtol: float = 1e-3, atol: float = 1e-4) -> DetectorVerification:
-    """Raise unless the file's raw outputs and the runtime's final boxes match PyTorch on `images` (PIL)."""
+                    rtol: float = 1e-3, atol: float = 1e-4, threads: int = 1) -> DetectorVerification:
+    """Raise unless the file's raw outputs and the runtime's final boxes match PyTorch on `images` (PIL or
+    HxWx3 uint8), the file in its runtime (.onnx: ONNX Runtime, .pte: ExecuTorch)."""
     from ..deploy.runtime import Detector
 
-    runtime = Detector(path)
+    runtime = Detector(path, threads)
     core = DetectorCore(det.eval())
     worst, tol, total, matched, top_missed = 0.0, 0.0, 0, 0, 0
-    for image in images:
+    for image in map(_pil, images):
         pixels, size = runtime.resize(image)
         x = runtime.preprocess.normalise(pixels)
         with torch.no_grad():
@@ -254,82 +240,106 @@ def verify_detector(det: nn.Module, path: str | Path, images: list, min_score: f
     return result
 
 
-def int8_agreement(fp32_path: str | Path, int8_path: str | Path, images: list, min_score: float = 0.3) -> float:
-    """Fraction of fp32 detections (score >= min_score) the int8 file also finds (same class, IoU >= 0.5)."""
-    from ..deploy.runtime import Detector
+@dataclass
+class BoxCheck:
+    """The int8 file against the fp32 file on held-out images: the share of fp32's boxes int8 finds too."""
 
-    a, b = Detector(fp32_path), Detector(int8_path)
-    total = found = 0
-    for image in images:
-        ref, got = a.detect(image, min_score), b.detect(image, min_score / 2)
-        total += len(ref)
-        if not ref or not got:
-            continue
-        iou = _iou(np.array([d["box"] for d in ref]), np.array([d["box"] for d in got]))
-        same = np.array([d["label"] for d in ref])[:, None] == np.array([d["label"] for d in got])[None, :]
-        found += int(((iou >= 0.5) & same).any(1).sum())
-    return found / total if total else math.nan
+    n: int
+    found: float
+    min_score: float
 
-
-def quantize_detector(fp32_path: Path, calib_images: list, out_path: Path, calib_n: int = 256,
-                      method: str = "minmax", boundary: int | str = "auto") -> Any:
-    """Static int8 (QDQ, per-channel weights) of backbone and head with deploy's quantizer.
-
-    `boundary` as `deploy.quantize.quantize_int8`: "auto" times where int8 starts on this machine (ORT's int8
-    depthwise is slower than float on the thin high-resolution layers), "all" quantizes all but the stem.
-    Quantize a file exported with `export_detector(split="int8")`: a GhostNet then keeps its split float prefix.
-    """
-    from ..deploy.quantize import quantize_int8
-
-    return quantize_int8(fp32_path, calib_images, out_path, calib_n=calib_n, boundary=boundary, method=method,
-                         log=lambda *a, **k: None)
+    def __str__(self) -> str:
+        if math.isnan(self.found):
+            return (f"int8 vs fp32 on {self.n} held-out images: the fp32 file finds no box with score >= "
+                    f"{self.min_score:g} there, so there is nothing to compare")
+        return (f"int8 vs fp32 on {self.n} held-out images: it finds {self.found:.1%} of the fp32 file's boxes "
+                f"(score >= {self.min_score:g}, IoU >= 0.5)")
 
 
-def cmd_export(args) -> None:
-    """`rubik export` for a detector run: verified fp32 ONNX, and with --int8 the int8 file beside it."""
-    from PIL import Image
+class BoxGate:
+    """The held-out check of an int8 detector file, as `deploy.quantize.Int8Gate` for a classifier: the fp32
+    detections (score >= `min_score`) the int8 file also finds (same class, IoU >= 0.5, at half the score).
+    It reports and never refuses a file: `max_drop` is in top-1 accuracy points, which boxes have none."""
 
-    from .cli import load_detector
-    from .data import open_detection_data
+    max_drop = math.inf
 
-    if getattr(args, "format", "onnx") != "onnx":
-        raise RubikError("detectors export to ONNX only (--format onnx)")
-    det = load_detector(args.weights, args.model)
-    if args.resolution:
-        raise RubikError("a detector exports at the resolution it was trained at; drop --resolution")
-    out = Path(args.output)
-    source = args.images or args.calib
-    if source:
-        data = open_detection_data(source, classes=det.classes)
-        pool = data.val
-    else:
-        pool = None
+    def __init__(self, fp32_path: str | Path, images: list, threads: int = 1, min_score: float = 0.3):
+        from ..deploy.runtime import Detector
 
-    def images_of(ds, idx):
-        return [ds.load_image(i) for i in idx]
+        self.images, self.threads, self.min_score = images, threads, min_score
+        fp32 = Detector(fp32_path, threads)
+        self.reference = [fp32.detect(image, min_score) for image in images]
+        self.checks: dict[Path, BoxCheck] = {}
 
-    if pool is not None:
-        verify = images_of(pool, range(min(8, len(pool))))
-    else:
-        from ..deploy.images import sample_photos
+    def check(self, path: str | Path) -> BoxCheck:
+        from ..deploy.runtime import Detector
 
-        verify = [Image.fromarray(a) for a in sample_photos(4)]
-    fp32 = out.with_name(out.stem + ".fp32.onnx") if args.int8 else out
-    export_detector(det, fp32, opset=args.opset, split="int8" if args.int8 else "fp32")
-    check = verify_detector(det, fp32, verify)
-    print(f"wrote {fp32}: {det.spec.name} at {det.spec.resolution} px, {det.num_object_classes} classes; {check}")
-    if not args.int8:
-        return
-    if not args.calib:
-        raise RubikError("--int8 needs calibration images: --calib DATA (the detector's training data, e.g. 'digits' "
-                         "or the COCO/VOC folder)")
-    calib_data = open_detection_data(args.calib, classes=det.classes)
-    n = min(args.calib_n, len(calib_data.train))
-    calib = [np.asarray(calib_data.train.load_image(i)) for i in range(n)]
-    method = "minmax" if args.calib_method == "auto" else args.calib_method
-    config = quantize_detector(fp32, calib, out, calib_n=n, method=method, boundary=args.boundary)
-    held = images_of(calib_data.val, range(min(32, len(calib_data.val))))
-    agree = int8_agreement(fp32, out, held)
-    print(f"wrote {out}: int8 backbone and head from node {config.boundary} of {config.nodes} on ({method} "
-          f"calibration on {n} training images); on {len(held)} "
-          f"validation images it finds {agree:.1%} of the fp32 file's boxes (score >= 0.3, IoU >= 0.5)")
+        path = Path(path)
+        if path not in self.checks:
+            int8 = Detector(path, self.threads)
+            total = found = 0
+            for image, ref in zip(self.images, self.reference, strict=True):
+                got = int8.detect(image, self.min_score / 2)
+                total += len(ref)
+                if ref and got:
+                    iou = _iou(np.array([d["box"] for d in ref]), np.array([d["box"] for d in got]))
+                    same = np.array([d["label"] for d in ref])[:, None] == np.array([d["label"] for d in got])[None]
+                    found += int(((iou >= 0.5) & same).any(1).sum())
+            self.checks[path] = BoxCheck(len(self.images), found / total if total else math.nan, self.min_score)
+        return self.checks[path]
+
+    def drop(self, path: str | Path) -> float:
+        return 0.0
+
+    def __call__(self, path: str | Path) -> bool:
+        return True
+
+
+class DatasetImages(Sequence):
+    """A detection dataset's images as a sequence: the file's path (read where it is used, so a thousand held-out
+    images cost no memory), or the generated image of the embedded set."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if self.dataset.embedded is not None:
+            return self.dataset.load_image(index)
+        return self.dataset.samples[index].image
+
+
+class DetectorExport:
+    """What `deploy.pipeline.export` asks of a detector (its `TaskExport`): the graph, the checks, the images."""
+
+    formats = ("onnx", "executorch")
+    selects = False  # top-1 agreement means nothing for boxes: int8's choices go by speed (MinMax calibration)
+
+    def __init__(self, det: nn.Module):
+        self.model = det.eval()
+        self._data: dict[str, object] = {}
+
+    def graph(self, layout: str | None, resolution: int | None) -> Graph:
+        if resolution:
+            raise RubikError("a detector exports at the resolution it was trained at; drop --resolution")
+        return detector_graph(self.model, layout)
+
+    def verify(self, path: Path, images: list | None, threads: int) -> DetectorVerification:
+        if images is None:
+            from ..deploy.images import sample_photos
+
+            images = sample_photos(VERIFY_PHOTOS)
+        return verify_detector(self.model, path, images, threads=threads)
+
+    def images(self, source: str, split: str) -> LabelledImages:
+        from .data import open_detection_data
+
+        if source not in self._data:  # "train" and "test" of one source: read its annotations once
+            self._data[source] = open_detection_data(source, classes=self.model.classes)
+        data = self._data[source]
+        return LabelledImages(DatasetImages(data.train if split == "train" else data.val), None, None)
+
+    def gate(self, fp32_path: Path, held: LabelledImages, max_drop: float, threads: int) -> BoxGate:
+        return BoxGate(fp32_path, held.images, threads)
