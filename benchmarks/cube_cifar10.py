@@ -242,6 +242,7 @@ def read_results(path: Path, key_hash: str) -> list[dict]:
 
 def train_one(args, key_hash: str, data: Path, method: str, budget: float, seed: int, spec, macs: int,
               base) -> dict:
+    from rubik.tasks import make_task
     from rubik.train.recipes import build_config
     from rubik.train.trainer import train
 
@@ -257,7 +258,7 @@ def train_one(args, key_hash: str, data: Path, method: str, budget: float, seed:
     config = build_config(cli_values=values)
     resume = (run_dir / "config.yaml").is_file()
     t = time.perf_counter()
-    train(config, run_dir, resume=resume, progress=False)
+    train(config, run_dir, make_task(config), resume=resume, progress=False)
     seconds = time.perf_counter() - t
     with open(run_dir / "metrics.csv") as f:
         last = list(csv.DictReader(f))[-1]

@@ -57,6 +57,7 @@ def main() -> None:
     from rubik.deploy.quantize import check_int8
     from rubik.models import get_spec
     from rubik.sources import train_defaults
+    from rubik.tasks import make_task
     from rubik.train import build_config, train
 
     base = replace(get_spec("efficientnet_b0"), resolution=64)
@@ -74,7 +75,7 @@ def main() -> None:
             c = build_config(data_defaults=train_defaults("digits"), cli_values={
                 "model": spec.to_dict(), "data": "digits", "resolution": spec.resolution, "epochs": epochs,
                 "seed": args.seed, "log_every": 0, **overrides})
-            train(c, run, progress=False)
+            train(c, run, make_task(c), progress=False)
             metrics = list(csv.DictReader(open(run / "metrics.csv")))
             last = metrics[-1]
             final = max(float(last["val_top1"]), float(last["ema_val_top1"]))

@@ -51,6 +51,7 @@ def cifar10(root: Path) -> Path:
 
 class RubikSide:
     def __init__(self, a: argparse.Namespace, data: Path, data_path: str = "files"):
+        from rubik.tasks import make_task
         from rubik.train import build_config
         from rubik.train.trainer import Trainer
 
@@ -62,7 +63,8 @@ class RubikSide:
             "interpolation": "bicubic", "num_workers": a.workers, "steps_per_epoch": a.steps,
             "channels_last": True, "amp": "bf16" if a.amp else "off", "device": a.device, "log_every": 0,
             "data_path": data_path})
-        self.trainer = Trainer(config, Path(tempfile.mkdtemp(prefix="rubik-bench-")), progress=False)
+        self.trainer = Trainer(config, Path(tempfile.mkdtemp(prefix="rubik-bench-")), make_task(config),
+                               progress=False)
 
     def round(self, steps: int) -> float:
         t = self.trainer

@@ -65,18 +65,36 @@ def test_short_training_run_learns(trained):
     # bounds fail if that init comes back.
     assert float(last["val_map50"]) > 40 and float(last["val_map"]) > 15
     assert float(last["val_map50"]) > 10 * max(0.1, float(first["val_map50"]))
-    assert float(last["train_loss"]) < 0.6 * float(first["train_loss"])
+    assert float(last["train_loss"]) < 0.6 * float(first["train_loss"]) and "train_top1" not in last
     log = (trained / "train.log").read_text()
     assert "epoch 8/8" in log and "nan" not in log  # no validation loss is printed where none is computed
+    assert "| val mAP " in log and "best validation mAP " in log
     meta = json.loads((trained / "model.json").read_text())
     assert meta["task"] == "detect" and meta["classes"] == ["0", "1"] and meta["num_classes"] == 2
+
+
+def test_checkpoint_from_before_named_metrics_resumes_with_its_map(trained, tmp_path, capsys):
+    # A detector's checkpoint written before best states named their metric held mAP as "top1", mAP@.5 as "top5".
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    last = list_checkpoints(run)[-1]
+    _, state = load_checkpoint(last)
+    old = {"top1": 99.0, "top5": 99.5, "loss": 0.0, "weights": "raw", "epoch": 8, "step": state["step"]}
+    torch.save({**state, "best": old}, last / "state.pt")
+    assert main(["train", "--resume", str(run), "--json"]) == 0  # all epochs done: it only reports
+    out = capsys.readouterr().out
+    best = json.loads(out[out.index("{"):])["best"]
+    assert best == {"metric": "map", "value": 99.0, "map": 99.0, "map50": 99.5, "loss": 0.0, "weights": "raw",
+                    "epoch": 8, "step": state["step"]}
+    assert "best validation mAP 99.00% (raw weights, epoch 8)" in out
 
 
 def test_eval_prints_pycocotools_numbers_and_per_class_ap(trained, capsys):
     assert main(["eval", "--weights", str(trained), "--data", DATA, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     best = json.loads((trained / "best.json").read_text())
-    assert out["map"] == pytest.approx(best["top1"], abs=0.5) and out["map50"] == pytest.approx(best["top5"], abs=0.5)
+    assert best["metric"] == "map" and best["value"] == best["map"] and "top1" not in best
+    assert out["map"] == pytest.approx(best["map"], abs=0.5) and out["map50"] == pytest.approx(best["map50"], abs=0.5)
     assert set(out["per_class_ap"]) == {"0", "1"} and out["images"] == 64
     assert main(["eval", "--weights", str(trained), "--data", DATA]) == 0
     text = capsys.readouterr().out
@@ -156,7 +174,7 @@ def test_int8_export_keeps_the_boxes(trained, tmp_path, capsys):
     val = open_detection_data(DATA).val
     fp32, int8 = (evaluate_file(Detector(p), val) for p in (tmp_path / "det.fp32.onnx", out))
     best = json.loads((trained / "best.json").read_text())
-    assert fp32.map == pytest.approx(best["top1"], abs=2.0) and fp32.count == len(val)
+    assert fp32.map == pytest.approx(best["map"], abs=2.0) and fp32.count == len(val)
     assert int8.map > fp32.map - 5
 
 

@@ -12,12 +12,22 @@ import pytest
 import torch
 from train_helpers import QUICK, TINY_SPEC, make_image_folder, rubik_cli, write_spec
 
+from rubik.classify.task import ClassificationTask
 from rubik.classify.trained import load_classifier
 from rubik.errors import RubikError
 from rubik.models.weights import read_state_dict
-from rubik.train import build_config, checkpoint, train
-from rubik.train.data import DIGITS_DEFAULTS, EpochSampler, open_data
+from rubik.tasks import make_task
+from rubik.train import build_config, checkpoint
+from rubik.train import train as train_task
+from rubik.train.data import EpochSampler, open_data
 from rubik.train.recipes import RECIPES, load_yaml, parse_overrides
+
+DIGITS_DEFAULTS = ClassificationTask.data_defaults("digits")
+
+
+def train(c, run_dir, **kw):
+    """Train as `rubik train` does: with the task of the config's model."""
+    return train_task(c, run_dir, make_task(c), **kw)
 
 
 def quick(**values) -> dict:
@@ -101,7 +111,8 @@ def test_short_run_writes_the_run_directory(tmp_path):
     best = json.loads((run / "best.json").read_text())
     assert best["top1"] == pytest.approx(max(max(float(r["val_top1"]), float(r["ema_val_top1"])) for r in rows),
                                          abs=1e-3)
-    assert best == summary["best"]
+    assert best == summary["best"] and best["metric"] == "top1" and best["value"] == best["top1"]
+    assert json.loads((run / "model.json").read_text())["task"] == "classify"
     # The deploy contract: load_classifier rebuilds the model with its class names.
     model = load_classifier(run)
     assert model.classes == ["blue", "green", "red"] and model.classifier.out_features == 3
@@ -359,7 +370,14 @@ def test_resume_with_more_epochs_follows_the_longer_schedule(tmp_path):
     # A run stopped short of its epochs already has its deploy weights; epochs_done tells it from a finished one.
     assert (run / "best.safetensors").is_file() and RunDir(run).epochs_done() == 1
     assert RunDir(tmp_path / "none").epochs_done() == 0
-    train(apply(c, {"epochs": 3}, "test"), run, resume=True)
+    # A checkpoint written before best states named their metric ({"top1", "top5", ...}) resumes: its best is
+    # read in today's format and, at 100 %, never beaten.
+    last = checkpoint.list_checkpoints(run)[-1]
+    _, state = checkpoint.load_checkpoint(last)
+    old = {"top1": 100.0, "top5": 100.0, "loss": 0.5, "weights": "raw", "epoch": 1, "step": state["step"]}
+    torch.save({**state, "best": old}, last / checkpoint.STATE_FILE)
+    summary = train(apply(c, {"epochs": 3}, "test"), run, resume=True)
+    assert summary["best"] == {"metric": "top1", "value": 100.0, **old}
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and RunDir(run).epochs_done() == 3
     lr = c.lr * c.batch_size / c.lr_base_batch

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..train.distributed import Dist, gather_object
+from ..train.evaluate import eval_batches
 
 
 @dataclass
@@ -22,14 +23,10 @@ class DetectionResult:
     per_class: list[float] = field(default_factory=list)  # AP@[.5:.95] per class, percent (NaN: no boxes)
     loss: float = math.nan  # not computed: SSD's loss needs the training-mode forward
 
-    # The trainer ranks checkpoints by `top1` and logs `top5`: mAP and mAP@.5 here.
     @property
-    def top1(self) -> float:
-        return self.map
-
-    @property
-    def top5(self) -> float:
-        return self.map50
+    def metrics(self) -> dict[str, float]:
+        """DetectionTask's metrics (the first ranks checkpoints)."""
+        return {"map": self.map, "map50": self.map50}
 
 
 def coco_ground_truth(samples, classes: list[str]) -> dict:
@@ -87,17 +84,9 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray, labels
 def predict_loader(model: nn.Module, loader, device: torch.device, *, channels_last: bool = False,
                    amp_dtype: torch.dtype | None = None) -> list[dict]:
     """COCO-format detections for every image of the loader, boxes scaled back to each original image."""
-    model.eval()
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     out = []
-    for images, targets, _skipped in loader:
-        if images.numel() == 0:
-            continue
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            results = model(images)
+    for images, targets, results in eval_batches(model, loader, device, channels_last=channels_last,
+                                                 amp_dtype=amp_dtype):
         in_h, in_w = images.shape[-2:]
         for r, t in zip(results, targets, strict=True):
             h, w = t["size"]

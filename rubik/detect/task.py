@@ -1,38 +1,29 @@
-"""Detection as a task of rubik's trainer (rubik/train/trainer.py): the trainer keeps the loop, optimiser,
-schedule, EMA, checkpoints, exact resume and torchrun; this object supplies what differs from
-classification: the data, the model, the loss of a batch and the evaluation (COCO mAP)."""
+"""Detection as a task of rubik's trainer (rubik/train/task.py): an SSDLite detector trained on COCO, VOC or
+the embedded digits set with SSD's losses, ranked by COCO mAP."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import RubikError
+from ..run import RUN_WEIGHTS_FILE, RunRecord
 from ..train.data import Transformed
 from ..train.recipes import TrainConfig
-from .data import EMBEDDED, collate, eval_transform, open_detection_data, train_transform
+from ..train.task import Loaders, Task, file_loaders
+from .data import collate, eval_transform, open_detection_data, train_transform
 from .evaluate import DetectionResult, evaluate_detector
-from .model import build_detector, get_detector_spec
-
-# Data-set defaults for detection (below the YAML file and the command line, as DIGITS_DEFAULTS):
-# SSD has its own losses (no label smoothing); torchvision's SSDLite recipe clips nothing and has no dropout.
-DETECT_DEFAULTS: dict[str, Any] = {"label_smoothing": 0.0, "drop_rate": 0.0, "crop_pct": 1.0, "crop_scale": [0.3, 1.0],
-                                   "color_jitter": 0.4, "hflip": 0.5}
-# The embedded digits: no flips (a flipped 2 is no digit), and the set is generated in the main process.
-EMBEDDED_DEFAULTS: dict[str, Any] = {**DETECT_DEFAULTS, "hflip": 0.0, "num_workers": 0, "resolution": 160}
+from .model import build_detector, get_detector_spec, is_detector
 
 
-def data_defaults(data: str) -> dict[str, Any]:
-    return EMBEDDED_DEFAULTS if data == EMBEDDED or str(data).startswith(EMBEDDED + ":") else DETECT_DEFAULTS
+class DetectionTask(Task):
+    """SSDLite on a rubik backbone: SSD's box regression and classification losses; mAP ranks checkpoints."""
 
-
-class DetectionTask:
-    """Plugs an SSDLite detector into `rubik.train.trainer.Trainer` (its `task=` argument)."""
-
+    name = "detect"
     metric_keys = ("map", "map50")  # metrics.csv columns val_map, val_map50 (where classifiers have top1, top5)
     metric_labels = ("mAP", "mAP@.5")
 
@@ -41,11 +32,18 @@ class DetectionTask:
             raise RubikError("--qat is for classifiers; export a detector with `rubik export --int8` instead")
         if c.freeze_epochs:
             raise RubikError("--freeze-epochs is for classifier heads; detectors train whole (set it to 0)")
-        self.c = c
+        super().__init__(c)
         self.spec = get_detector_spec(c.model, c.resolution or None)
 
+    @classmethod
+    def claims(cls, model: Any) -> bool:
+        return is_detector(model)
+
+    @classmethod
+    def build_from_record(cls, record: RunRecord) -> nn.Module:
+        return build_detector(record.model, record.num_classes, classes=record.classes)
+
     def setup(self, trainer) -> None:
-        """Set the trainer's spec, data, num_classes and net (with initial weights)."""
         c = self.c
         trainer.spec = self.spec
         trainer.data = self.data = open_detection_data(c.data, c.val_split, c.seed, c.strict)
@@ -54,7 +52,7 @@ class DetectionTask:
         whole = None
         if c.init:
             path = Path(c.init)
-            path = path / "best.safetensors" if path.is_dir() else path
+            path = path / RUN_WEIGHTS_FILE if path.is_dir() else path
             whole, backbone_weights = self._classify_init(path)
         trainer.net = net = build_detector(self.spec, trainer.num_classes, pretrained=c.pretrained,
                                            backbone_weights=backbone_weights, classes=self.data.classes,
@@ -78,7 +76,7 @@ class DetectionTask:
             return state, None
         return None, path
 
-    def datasets(self, trainer):
+    def loaders(self, trainer) -> Loaders:
         c = self.c
         res = self.spec.resolution
         # SSD's augmentation, from the config's generic fields: RandomIoUCrop with crop_scale as its
@@ -86,21 +84,15 @@ class DetectionTask:
         crop = c.crop_scale[0] < 1.0
         train_tf = train_transform(res, hflip=c.hflip, photometric=c.color_jitter > 0, zoom_out=crop, iou_crop=crop,
                                    crop_scale=tuple(c.crop_scale))
-        return (Transformed(self.data.train, train_tf), Transformed(self.data.val, eval_transform(res)), collate)
+        val_set = Transformed(self.data.val, eval_transform(res))
+        return file_loaders(trainer, Transformed(self.data.train, train_tf), val_set, collate,
+                            "DetectionTask reads its own data")
 
-    def loss(self, model, images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, int, int]:
+    def loss(self, model: nn.Module, images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, int, None]:
         device = images.device
         tv_targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
         losses = model(images, tv_targets)
-        return losses["bbox_regression"] + losses["classification"], len(targets), 0
+        return losses["bbox_regression"] + losses["classification"], len(targets), None
 
-    def evaluate(self, module, loader, device, **kw) -> DetectionResult:
+    def evaluate(self, module: nn.Module, loader, device: torch.device, **kw) -> DetectionResult:
         return evaluate_detector(module, loader, self.data.val.samples, self.data.classes, device, **kw)
-
-    def run_meta(self) -> dict[str, Any]:
-        return {"task": "detect", "model": self.spec.to_dict()}
-
-
-def resolved_spec(c: TrainConfig):
-    spec = get_detector_spec(c.model)
-    return replace(spec, resolution=c.resolution or spec.resolution)

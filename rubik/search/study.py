@@ -399,9 +399,10 @@ TrainFn = Callable[..., dict[str, Any]]
 
 
 def _default_train(config, run_dir, progress=False):
+    from ..tasks import make_task
     from ..train.trainer import train
 
-    return train(config, run_dir, progress=progress)
+    return train(config, run_dir, make_task(config), progress=progress)
 
 
 @contextlib.contextmanager
@@ -461,7 +462,7 @@ def _fail_stale(study) -> None:
 
 
 def training_config(settings: SearchSettings, spec, data: str, workers: int | None = None):
-    from ..train.data import DIGITS, DIGITS_DEFAULTS
+    from ..tasks import task_for_model
     from ..train.recipes import build_config
 
     values = {**settings.overrides, "model": spec.to_dict(), "data": data, "epochs": settings.epochs,
@@ -469,7 +470,7 @@ def training_config(settings: SearchSettings, spec, data: str, workers: int | No
               "recipe": settings.recipe}
     if workers is not None:
         values["num_workers"] = workers
-    return build_config(data_defaults=DIGITS_DEFAULTS if data == DIGITS else {}, cli_values=values)
+    return build_config(data_defaults=task_for_model(spec).data_defaults(data), cli_values=values)
 
 
 def run_worker(study, settings: SearchSettings, data: str, out_dir: str | Path,

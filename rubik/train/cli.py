@@ -35,26 +35,28 @@ def _default_out(model: str | dict, data: str) -> Path:
     return out
 
 
-def _task(config):
-    """The trainer's task for a model that is not a classifier (a detector), else None."""
-    from ..detect.model import is_detector
-
-    if not is_detector(config.model):
-        return None
-    from ..detect.task import DetectionTask
-
-    return DetectionTask(config)
-
-
 def _detection_run(weights: str, model: str | None) -> bool:
-    from ..detect.model import is_detection_run
+    """Whether `rubik eval/predict --weights W [--model M]` is about a detector: M's task, else the run's."""
+    from ..tasks import task_for_weights
 
-    return is_detection_run(weights, model)
+    return task_for_weights(weights, model).name == "detect"
+
+
+def _new_config(args: argparse.Namespace, cli: dict):
+    """A new run's config: the recipe, then the defaults its model's task brings for its data, the YAML file
+    (--config) and the command line."""
+    from ..tasks import task_for_model
+    from .recipes import build_config, load_yaml
+
+    yaml_values = load_yaml(args.config) if args.config else {}
+    data = cli.get("data", yaml_values.get("data", "digits"))
+    task = task_for_model(cli.get("model", yaml_values.get("model", "")))
+    return build_config(data_defaults=task.data_defaults(data), yaml_values=yaml_values, cli_values=cli)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .data import DIGITS, DIGITS_DEFAULTS
-    from .recipes import apply, build_config, load_yaml, validate
+    from ..tasks import make_task
+    from .recipes import apply, load_yaml, validate
     from .trainer import CONFIG_FILE, read_config, save_config, train
 
     rank = int(os.environ.get("RANK", "0"))
@@ -67,18 +69,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             validate(config)
             if rank == 0:
                 save_config(run_dir, config)
-        summary = train(config, run_dir, resume=True, task=_task(config))
+        summary = train(config, run_dir, make_task(config), resume=True)
     else:
-        yaml_values = load_yaml(args.config) if args.config else {}
-        data = cli.get("data", yaml_values.get("data", "digits"))
-        defaults = DIGITS_DEFAULTS if data == DIGITS else {}
-        from ..detect.model import is_detector
-
-        if is_detector(cli.get("model", yaml_values.get("model", ""))):
-            from ..detect.task import data_defaults
-
-            defaults = data_defaults(data)
-        config = build_config(data_defaults=defaults, yaml_values=yaml_values, cli_values=cli)
+        config = _new_config(args, cli)
         if args.print_config:
             import yaml
 
@@ -93,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if rank == 0 and (run_dir / CONFIG_FILE).exists():
             raise RubikError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                              "or choose another --out")
-        summary = train(config, run_dir, task=_task(config))
+        summary = train(config, run_dir, make_task(config))
     if args.json and rank == 0:
         print(json.dumps(summary, indent=2))
 

@@ -1,9 +1,12 @@
-"""Evaluation: loss, top-1/top-5, per-class accuracy and a confusion matrix, summed across processes."""
+"""Evaluation: loss, top-1/top-5, per-class accuracy and a confusion matrix, summed across processes; and
+`eval_batches`, the evaluation loop every task's evaluation runs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +23,11 @@ class EvalResult:
     confusion: torch.Tensor = field(repr=False)  # [true, predicted] counts
 
     @property
+    def metrics(self) -> dict[str, float]:
+        """ClassificationTask's metrics (the first ranks checkpoints)."""
+        return {"top1": self.top1, "top5": self.top5}
+
+    @property
     def per_class(self) -> list[float]:
         """Accuracy (percent) of each true class; NaN for a class with no images."""
         totals = self.confusion.sum(1).double()
@@ -27,13 +35,10 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device, *, channels_last: bool = False,
-             amp_dtype: torch.dtype | None = None, dist_info: Dist | None = None) -> EvalResult:
+def eval_batches(model: nn.Module, loader, device: torch.device, *, channels_last: bool = False,
+                 amp_dtype: torch.dtype | None = None) -> Iterator[tuple[torch.Tensor, Any, Any]]:
+    """(images on the device, targets, the model's output) of each non-empty batch, the model in eval mode."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    top5 = torch.zeros((), dtype=torch.long, device=device)
-    k = min(5, num_classes)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     for images, targets, _skipped in loader:
         if images.numel() == 0:
@@ -41,9 +46,21 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device, *
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        targets = targets.to(device, non_blocking=True)
         with autocast:
-            logits = model(images)
+            out = model(images)
+        yield images, targets, out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device, *, channels_last: bool = False,
+             amp_dtype: torch.dtype | None = None, dist_info: Dist | None = None) -> EvalResult:
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    k = min(5, num_classes)
+    for _images, targets, logits in eval_batches(model, loader, device, channels_last=channels_last,
+                                                 amp_dtype=amp_dtype):
+        targets = targets.to(device, non_blocking=True)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
         topk = logits.topk(k, dim=1).indices

@@ -2,58 +2,42 @@
 
 A run directory holds everything a run makes:
     config.yaml        every hyper-parameter (the recipe resolved, overrides applied)
-    model.json         spec, class count, class names (the contract `load_trained` and deploy read)
-    best.safetensors   the best weights so far, raw or EMA, by validation top-1 (best.json says which)
+    model.json         the task's record: spec, class count, class names, the task (what eval and deploy read)
+    best.safetensors   the best weights so far, raw or EMA, by the task's primary metric (best.json says which)
     metrics.csv        one row per epoch; tb/ the same for TensorBoard; train.log plain lines
     checkpoints/       the last `keep_last` checkpoints (see checkpoint.py)
+
+What is trained (model, data, loss, metrics) is a `Task` (task.py); the trainer never asks which one.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader
 
 from ..errors import RubikError
-from ..models.registry import build, get_spec
-from ..models.weights import download, load_weights, read_state_dict
+from ..files import atomic_write, atomic_write_text
+from ..run import CONFIG_FILE, RUN_METRICS_FILE, RUN_WEIGHTS_FILE, RunDir, migrate_best
 from . import distributed
-from .checkpoint import atomic_write, atomic_write_text, latest_checkpoint, save_checkpoint, save_tensors
-from .data import (
-    DIGITS,
-    EpochSampler,
-    Shard,
-    Transformed,
-    collate,
-    eval_transform,
-    open_data,
-    train_transform,
-    worker_error,
-)
+from .checkpoint import latest_checkpoint, save_checkpoint, save_tensors
+from .data import worker_error
 from .ema import ema_model
-from .evaluate import EvalResult, evaluate
-from .memory_data import choose_data_path, memory_loaders
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .recipes import TrainConfig
-from .run_dir import RUN_METRICS_FILE, RUN_MODEL_FILE, RUN_WEIGHTS_FILE
+from .task import Result, Task
 
-CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
-BEST_INFO_FILE = "best.json"
-CLASSIFIER_PREFIXES = ("classifier.", "fc.")
 log = logging.getLogger("rubik.train")
 
 
@@ -87,21 +71,11 @@ def _device(c: TrainConfig, d: distributed.Dist) -> torch.device:
     return dev
 
 
-def default_workers(c: TrainConfig) -> int:
-    if c.num_workers >= 0:
-        return c.num_workers
-    return 0 if c.data == DIGITS else min(8, max(1, (os.cpu_count() or 2) - 1))
-
-
-def classifier_only(name: str) -> bool:
-    return name.startswith(CLASSIFIER_PREFIXES)
-
-
 class Trainer:
-    def __init__(self, c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None,
-                 task: Any = None):
-        # `task`: a model that is not a classifier (rubik.detect.task.DetectionTask) supplies its data, model,
-        # batch loss and evaluation; the loop, optimiser, EMA, checkpoints and resume stay the trainer's.
+    """Trains `task` with config `c` into `run_dir` (or continues it: `resume`)."""
+
+    def __init__(self, c: TrainConfig, run_dir: str | Path, task: Task, resume: bool = False,
+                 progress: bool | None = None):
         self.c, self.run_dir, self.task = c, Path(run_dir), task
         device_kind = "cuda" if (c.device == "auto" and torch.cuda.is_available()) or c.device.startswith("cuda") \
             else "cpu"
@@ -124,28 +98,14 @@ class Trainer:
                 save_config(self.run_dir, c)
         self._setup_logging()
         torch.manual_seed(c.seed)  # the same initial weights on every process
-
-        if task is not None:
-            task.setup(self)  # sets spec, data, num_classes and net (initial weights loaded)
-        else:
-            spec = get_spec(c.model)
-            pre = spec.preprocess
-            self.spec = replace(spec, resolution=c.resolution or spec.resolution,
-                                preprocess=replace(pre, crop_pct=c.crop_pct or pre.crop_pct,
-                                                   interpolation=c.interpolation or pre.interpolation))
-            self.data = open_data(c.data, self.spec.resolution, c.val_split, c.seed, c.strict)
-            self.num_classes = len(self.data.classes)
-            self.net = build(self.spec, num_classes=self.num_classes, drop_rate=c.drop_rate,
-                             drop_connect_rate=c.drop_connect_rate)
-            self._load_initial_weights(spec)
+        task.setup(self)  # sets spec, data, num_classes and net (initial weights loaded)
         self.net.to(self.device, memory_format=torch.channels_last if c.channels_last else torch.preserve_format)
         if c.sync_bn and self.d.enabled:
             if self.device.type == "cuda":
                 self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             else:
                 log.info("sync_bn needs GPUs (torch's SyncBatchNorm is CUDA-only): BatchNorm stays per process")
-        if c.qat:
-            self._prepare_qat(resume)
+        task.prepare(self, resume)
         self.ema = ema_model(self.net, c.ema_decay, c.ema_warmup) if c.ema_decay > 0 else None
         self.model: nn.Module = self.net
         if self.d.enabled:
@@ -159,9 +119,9 @@ class Trainer:
         self.lr = effective_lr(c, self.d.world_size)
         self.optimizer = build_optimizer(self.net, c, self.lr)
         self.scheduler = build_scheduler(self.optimizer, c, self.lr, self.steps_per_epoch)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.best: dict[str, Any] = {"top1": -1.0}
+        self.best: dict[str, Any] = {"metric": task.metric_keys[0], "value": -1.0}
+        self.frozen: set[str] = set()
         self.history: list[dict[str, Any]] = []
         self.skipped: list[str] = []
         # Train-loss sums (loss x n, correct, n) and seconds of the epoch in progress: a checkpoint taken
@@ -171,11 +131,7 @@ class Trainer:
         if resume:
             self._resume()
         if self.d.main:
-            atomic_write_text(self.run_dir / RUN_MODEL_FILE, json.dumps(
-                {"model": self.spec.to_dict(), "num_classes": self.num_classes, "classes": self.data.classes,
-                 # how a folder without val/ was split (eval and export check it)
-                 "holdout": [self.c.val_split, self.c.seed],
-                 **(self.task.run_meta() if self.task is not None else {})}, indent=2))
+            RunDir(self.run_dir).write_record(task.run_record())
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -195,108 +151,18 @@ class Trainer:
         sh.addFilter(lambda r: not getattr(r, "file_only", False))
         log.addHandler(sh)
 
-    def _load_initial_weights(self, spec) -> None:
-        c = self.c
-        if not (c.pretrained or c.init):
-            return
-        if c.pretrained:
-            path = download(spec)
-        else:
-            path = Path(c.init)
-            if path.is_dir():
-                path = path / RUN_WEIGHTS_FILE
-        skipped = load_weights(self.net, read_state_dict(path), source=f"weights file {path}")
-        note = f"; classifier replaced for {self.num_classes} classes" if skipped else ""
-        log.info(f"initial weights from {path}{note}")
-
-    def _prepare_qat(self, resume: bool) -> None:
-        from .qat import RANGES_FILE, load_ranges, measure_ranges, prepare_qat, save_ranges
-
-        c = self.c
-        ranges = load_ranges(self.run_dir) if resume else None
-        if ranges is None:
-            if not (c.init or c.pretrained or resume):
-                raise RubikError("--qat fine-tunes trained weights: add --init RUN_DIR|FILE (a finished run) "
-                                 "or --pretrained")
-            n = min(c.qat_calib_images, len(self.data.train))
-            order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(c.seed))[:n]
-            pre = self.spec.preprocess
-            tf = eval_transform(self.spec.resolution, pre.mean, pre.std, pre.crop_pct, pre.interpolation)
-            loader = DataLoader(Transformed(self.data.train, tf), batch_size=min(c.batch_size, 64),
-                                sampler=order.tolist(), collate_fn=collate)
-            fmt = torch.channels_last if c.channels_last else torch.preserve_format
-            try:
-                ranges = measure_ranges(self.net, (x.to(self.device, memory_format=fmt)
-                                                   for x, _, _ in loader if x.numel()))
-            except RubikError as e:
-                raise worker_error(e) from None
-            if self.d.main:
-                save_ranges(self.run_dir, ranges)
-        quantized = prepare_qat(self.net, ranges)
-        log.info(f"quantization-aware: int8 weights per channel, uint8 inputs of {quantized} layers "
-                 f"(ranges in {self.run_dir / RANGES_FILE}); export with `rubik export --int8`")
-
     def _build_loaders(self) -> None:
         c, d = self.c, self.d
-        if self.task is not None:
-            self._build_task_loaders()
-            return
-        mean, std = self.spec.preprocess.mean, self.spec.preprocess.std
-        res, interp = self.spec.resolution, self.spec.preprocess.interpolation
-        train_tf = train_transform(res, mean, std, scale=c.crop_scale, ratio=c.crop_ratio, interpolation=interp,
-                                   hflip=c.hflip, color_jitter=c.color_jitter, randaugment=c.randaugment,
-                                   ra_ops=c.randaugment_ops, ra_magnitude=c.randaugment_magnitude)
-        val_tf = eval_transform(res, mean, std, self.spec.preprocess.crop_pct, interp)
-        self.data_path, self.data_path_why = choose_data_path(c.data_path, self.data, c.data, res,
-                                                              self.spec.preprocess.crop_pct, c.data_memory_gb)
-        if self.data_path == "memory":  # decoded once into a uint8 cache, batches augmented as tensors
-            self.train_sampler, memory_train, memory_val = memory_loaders(
-                c, res, mean, std, self.spec.preprocess.crop_pct, interp, self.data,
-                lambda n: EpochSampler(n, c.seed, d.rank, d.world_size), self.device, d,
-                lambda: distributed.barrier(d))
-        else:
-            self.train_sampler = EpochSampler(len(self.data.train), c.seed, d.rank, d.world_size)
-        per_rank = self.train_sampler.per_rank
-        self.steps_per_epoch = per_rank // c.batch_size // c.accum_steps
+        loaders = self.task.loaders(self)
+        self.train_sampler, self.train_loader, self.val_loader = loaders.train_sampler, loaders.train, loaders.val
+        self.data_path, self.data_path_why, self.workers = loaders.path, loaders.why, loaders.workers
+        self.steps_per_epoch = self.train_sampler.per_rank // c.batch_size // c.accum_steps
         if self.steps_per_epoch < 1:
             raise RubikError(f"too few training images ({len(self.data.train)}) for a batch of {c.batch_size} x "
                              f"{c.accum_steps} accumulation x {d.world_size} processes; lower --batch-size")
         if c.steps_per_epoch:  # shorter epochs, e.g. to evaluate and checkpoint often on a large data set
             self.steps_per_epoch = min(self.steps_per_epoch, c.steps_per_epoch)
         self.batches_per_epoch = self.steps_per_epoch * c.accum_steps
-        if self.data_path == "memory":
-            self.train_loader, self.val_loader = memory_train, memory_val
-            return
-        workers = default_workers(c)
-        common = dict(num_workers=workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
-                      persistent_workers=workers > 0)
-        # A private generator: the loader's worker seeds must not consume the global RNG, which resuming restores.
-        self.train_loader = DataLoader(Transformed(self.data.train, train_tf),
-                                       batch_sampler=BatchSampler(self.train_sampler, c.batch_size, drop_last=True),
-                                       generator=torch.Generator().manual_seed(c.seed), **common)
-        self.val_loader = DataLoader(Transformed(self.data.val, val_tf), batch_size=c.batch_size * 2,
-                                     sampler=Shard(len(self.data.val), d.rank, d.world_size), **common)
-
-    def _build_task_loaders(self) -> None:
-        c, d = self.c, self.d
-        self.data_path, self.data_path_why = "files", f"{type(self.task).__name__} reads its own data"
-        train_set, val_set, collate_fn = self.task.datasets(self)
-        self.train_sampler = EpochSampler(len(train_set), c.seed, d.rank, d.world_size)
-        self.steps_per_epoch = self.train_sampler.per_rank // c.batch_size // c.accum_steps
-        if self.steps_per_epoch < 1:
-            raise RubikError(f"too few training images ({len(train_set)}) for a batch of {c.batch_size} x "
-                             f"{c.accum_steps} accumulation x {d.world_size} processes; lower --batch-size")
-        if c.steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, c.steps_per_epoch)
-        self.batches_per_epoch = self.steps_per_epoch * c.accum_steps
-        workers = default_workers(c)
-        common = dict(num_workers=workers, collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
-                      persistent_workers=workers > 0)
-        self.train_loader = DataLoader(train_set, batch_sampler=BatchSampler(self.train_sampler, c.batch_size,
-                                                                             drop_last=True),
-                                       generator=torch.Generator().manual_seed(c.seed), **common)
-        self.val_loader = DataLoader(val_set, batch_size=c.batch_size * 2,
-                                     sampler=Shard(len(val_set), d.rank, d.world_size), **common)
 
     def _resume(self) -> None:
         found = latest_checkpoint(self.run_dir)
@@ -329,7 +195,8 @@ class Trainer:
             cuda_rng = state["cuda_rng"]
             torch.cuda.set_rng_state(cuda_rng[min(self.d.rank, len(cuda_rng) - 1)], self.device)
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
-        self.best, self.history, self.skipped = state["best"], state["history"], state["skipped"]
+        self.best = migrate_best(state["best"], self.task.metric_keys)
+        self.history, self.skipped = state["history"], state["skipped"]
         # The saved sums are over all processes: rank 0 carries them, the others start from zero.
         self.sums = state["epoch_sums"].to(self.device) * (1 if self.d.main else 0)
         self.epoch_time = state["epoch_time"]
@@ -370,25 +237,27 @@ class Trainer:
         writer.writerows(self.history)
         atomic_write_text(self.run_dir / RUN_METRICS_FILE, buf.getvalue())
 
-    def _update_best(self, raw: EvalResult, ema: EvalResult | None) -> None:
+    def _update_best(self, raw: Result, ema: Result | None) -> None:
+        key = self.task.metric_keys[0]
         which, result, module = "raw", raw, self.net
-        if ema is not None and ema.top1 >= raw.top1:
+        if ema is not None and ema.metrics[key] >= raw.metrics[key]:
             which, result, module = "ema", ema, self.ema.module
-        if result.top1 <= self.best["top1"]:
+        if result.metrics[key] <= self.best["value"]:
             return
-        self.best = {"top1": result.top1, "top5": result.top5, "loss": result.loss, "weights": which,
-                     "epoch": self.epoch + 1, "step": self.step}
+        self.best = {"metric": key, "value": result.metrics[key], **result.metrics, "loss": result.loss,
+                     "weights": which, "epoch": self.epoch + 1, "step": self.step}
         if self.d.main:
             atomic_write(self.run_dir / RUN_WEIGHTS_FILE, lambda p: save_tensors(p, module.state_dict()))
-            atomic_write_text(self.run_dir / BEST_INFO_FILE, json.dumps(self.best, indent=2))
+            RunDir(self.run_dir).write_best(self.best)
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def _set_frozen(self, frozen: bool) -> None:
-        self.frozen = frozen
+    def _freeze(self) -> None:
+        """The parameters the task keeps fixed this epoch (e.g. a classifier's body while its new head warms up)."""
+        self.frozen = {name for name, _ in self.net.named_parameters() if self.task.frozen(name, self.epoch)}
         if not self.d.enabled:  # DDP needs every parameter to produce a gradient: there, drop them instead
             for name, p in self.net.named_parameters():
-                p.requires_grad_(not frozen or classifier_only(name))
+                p.requires_grad_(name not in self.frozen)
 
     def _check_finite(self, bad: torch.Tensor) -> None:
         bad = distributed.all_reduce_sum(bad.clone().float(), self.d)
@@ -404,21 +273,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
     def train_epoch(self) -> dict[str, float]:
-        c, d = self.c, self.d
+        c = self.c
         self.model.train()
-        self._set_frozen(self.epoch < c.freeze_epochs)
+        self._freeze()
         self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * c.batch_size)
-        sums = self.sums  # loss x n, correct, n (non-zero when resuming mid-epoch)
-        bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        check_every = 1 if self.device.type == "cpu" else 20  # a NaN check waits for the GPU: not every step there
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite loss since the last check
         bar = None
         if self.progress:
             from ..progress import Progress  # a bar on a terminal, plain lines in a log
 
             bar = Progress(self.batches_per_epoch, f"epoch {self.epoch + 1}/{c.epochs}", initial=self.batch_in_epoch,
                            unit="batch")
-        self.t_epoch = t_log = time.perf_counter()
-        seen_since_log = 0
+        self.t_epoch = self.t_log = time.perf_counter()
+        self.seen_since_log = 0
         batch_i = self.batch_in_epoch
         loss = torch.zeros((), device=self.device)
         for images, targets, skipped in self.train_loader:
@@ -428,70 +295,84 @@ class Trainer:
                 self._note_skipped(skipped)
             sync = (batch_i + 1) % c.accum_steps == 0
             if images.numel():
-                images = images.to(self.device, non_blocking=True)
-                if c.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                if self.task is None:
-                    targets = targets.to(self.device, non_blocking=True)
-                no_sync = self.model.no_sync() if (d.enabled and not sync and hasattr(self.model, "no_sync")) \
-                    else nullcontext()
-                with no_sync:
-                    with self._autocast():
-                        if self.task is not None:
-                            loss, n, correct = self.task.loss(self.model, images, targets)
-                        else:
-                            logits = self.model(images)
-                            loss = self.criterion(logits, targets)
-                    (loss / c.accum_steps).backward()
-                loss = loss.detach().float()
+                loss = self._backward(images, targets, sync)
                 bad |= ~torch.isfinite(loss)
-                if self.task is None:
-                    n, correct = targets.numel(), (logits.detach().argmax(1) == targets).sum()
-                sums[0] += loss * n
-                sums[1] += correct
-                sums[2] += n
-                seen_since_log += n
             batch_i += 1
-            if not sync:
-                continue
-            if self.frozen and d.enabled:
-                for name, p in self.net.named_parameters():
-                    if not classifier_only(name):
-                        p.grad = None
-            if c.clip_grad > 0:
-                nn.utils.clip_grad_norm_(self.net.parameters(), c.clip_grad)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.net)
-            self.step += 1
-            self.batch_in_epoch = batch_i
-            if self.step % check_every == 0:
-                self._check_finite(bad)
-            if bar is not None:
-                bar.update(c.accum_steps)
-                if self.step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            if c.log_every and self.step % c.log_every == 0:
-                now = time.perf_counter()
-                log.info(f"epoch {self.epoch + 1} step {self.step} loss {loss.item():.4f} "
-                         f"lr {self.optimizer.param_groups[0]['lr']:.3e} "
-                         f"{seen_since_log * d.world_size / (now - t_log):.0f} img/s",
-                         extra={"file_only": self.progress})
-                seen_since_log, t_log = 0, now
-            if c.checkpoint_every and self.step % c.checkpoint_every == 0 and batch_i < self.batches_per_epoch:
-                self._check_finite(bad)
-                self._save_checkpoint()
+            if sync:
+                self._step(batch_i, bad)
+                self._report_step(bar, loss)
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0 and batch_i < self.batches_per_epoch:
+                    self._check_finite(bad)
+                    self._save_checkpoint()
         if bar is not None:
             bar.close()
         self._check_finite(bad)
+        return self._train_metrics()
+
+    def _backward(self, images: torch.Tensor, targets: Any, sync: bool) -> torch.Tensor:
+        """Forward and backward one batch (gradients accumulate; DDP syncs them when `sync`); returns its loss."""
+        c, d = self.c, self.d
+        images = images.to(self.device, non_blocking=True)
+        if c.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        no_sync = self.model.no_sync() if (d.enabled and not sync and hasattr(self.model, "no_sync")) \
+            else nullcontext()
+        with no_sync:
+            with self._autocast():
+                loss, n, correct = self.task.loss(self.model, images, targets)
+            (loss / c.accum_steps).backward()
+        loss = loss.detach().float()
+        self.sums[0] += loss * n
+        if correct is not None:
+            self.sums[1] += correct
+        self.sums[2] += n
+        self.seen_since_log += n
+        return loss
+
+    def _step(self, batch_i: int, bad: torch.Tensor) -> None:
+        """One optimiser step on the accumulated gradients, then the schedule and the EMA."""
+        c = self.c
+        if self.frozen and self.d.enabled:
+            for name, p in self.net.named_parameters():
+                if name in self.frozen:
+                    p.grad = None
+        if c.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), c.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+        self.step += 1
+        self.batch_in_epoch = batch_i
+        check_every = 1 if self.device.type == "cpu" else 20  # a NaN check waits for the GPU: not every step there
+        if self.step % check_every == 0:
+            self._check_finite(bad)
+
+    def _report_step(self, bar, loss: torch.Tensor) -> None:
+        c = self.c
+        if bar is not None:
+            bar.update(c.accum_steps)
+            if self.step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        if c.log_every and self.step % c.log_every == 0:
+            now = time.perf_counter()
+            log.info(f"epoch {self.epoch + 1} step {self.step} loss {loss.item():.4f} "
+                     f"lr {self.optimizer.param_groups[0]['lr']:.3e} "
+                     f"{self.seen_since_log * self.d.world_size / (now - self.t_log):.0f} img/s",
+                     extra={"file_only": self.progress})
+            self.seen_since_log, self.t_log = 0, now
+
+    def _train_metrics(self) -> dict[str, float]:
+        """The finished epoch's training loss (and top-1 where the task counts it) over all processes."""
         elapsed = self.epoch_time + time.perf_counter() - self.t_epoch
+        sums = self.sums
         self.sums = torch.zeros_like(sums)
         self.epoch_time = 0.0
-        distributed.all_reduce_sum(sums, d)
+        distributed.all_reduce_sum(sums, self.d)
         n = max(1.0, float(sums[2]))
-        return {"train_loss": float(sums[0]) / n, "train_top1": 100 * float(sums[1]) / n,
+        top1 = {"train_top1": 100 * float(sums[1]) / n} if self.task.train_accuracy else {}
+        return {"train_loss": float(sums[0]) / n, **top1,
                 "images_per_s": float(sums[2]) / elapsed if elapsed > 0 else 0.0, "train_time_s": elapsed}
 
     def _note_skipped(self, paths: list[str]) -> None:
@@ -511,39 +392,7 @@ class Trainer:
             writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
         try:
             while self.epoch < c.epochs:
-                train = self.train_epoch()
-                kw = dict(channels_last=c.channels_last, amp_dtype=self.amp_dtype, dist_info=self.d)
-                if self.task is not None:
-                    raw = self.task.evaluate(self.net, self.val_loader, self.device, **kw)
-                    ema = self.task.evaluate(self.ema.module, self.val_loader, self.device, **kw) \
-                        if self.ema is not None else None
-                else:
-                    raw = evaluate(self.net, self.val_loader, self.num_classes, self.device, **kw)
-                    ema = evaluate(self.ema.module, self.val_loader, self.num_classes, self.device, **kw) \
-                        if self.ema is not None else None
-                k1, k5 = self.task.metric_keys if self.task is not None else ("top1", "top5")
-                l1, l5 = self.task.metric_labels if self.task is not None else ("top-1", "top-5")
-                row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                       **{k: round(v, 6) for k, v in train.items()},
-                       "val_loss": round(raw.loss, 6), f"val_{k1}": round(raw.top1, 4), f"val_{k5}": round(raw.top5, 4),
-                       "ema_val_loss": round(ema.loss, 6) if ema else "", f"ema_val_{k1}": round(ema.top1, 4) if ema
-                       else "", f"ema_val_{k5}": round(ema.top5, 4) if ema else "", "skipped_images": len(self.skipped)}
-                self.history.append(row)
-                self._update_best(raw, ema)
-                ema_txt = f" | ema {l1} {ema.top1:.2f}%" if ema else ""
-                train_txt = f"top-1 {train['train_top1']:.1f}% " if self.task is None else ""
-                # a detector's eval-mode forward gives boxes, not SSD's loss: no validation loss to print
-                val_loss_txt = "" if math.isnan(raw.loss) else f"loss {raw.loss:.4f} "
-                log.info(f"epoch {self.epoch + 1}/{c.epochs} train loss {train['train_loss']:.4f} "
-                         f"{train_txt}| val {val_loss_txt}{l1} {raw.top1:.2f}% "
-                         f"{l5} {raw.top5:.2f}%{ema_txt} | {train['images_per_s']:.0f} img/s"
-                         + (f" | {len(self.skipped)} unreadable images skipped" if self.skipped else ""))
-                if writer is not None:
-                    for k, v in row.items():
-                        if k not in ("epoch", "step") and v != "":
-                            writer.add_scalar(k.replace("ema_val_", "val_ema/").replace("val_", "val/")
-                                              .replace("train_", "train/"), v, self.step)
-                    writer.flush()
+                self._end_epoch(self.train_epoch(), writer)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.t_epoch = time.perf_counter()
@@ -556,11 +405,46 @@ class Trainer:
         summary = {"run_dir": str(self.run_dir), "best": self.best, "epochs": c.epochs, "steps": self.step,
                    "skipped_images": len(self.skipped)}
         if self.d.main:
-            label = self.task.metric_labels[0] if self.task is not None else "top-1"
-            log.info(f"best validation {label} {self.best['top1']:.2f}% ({self.best['weights']} weights, epoch "
-                     f"{self.best['epoch']}) saved as {self.run_dir / RUN_WEIGHTS_FILE}")
+            log.info(f"best validation {self.task.metric_labels[0]} {self.best['value']:.2f}% "
+                     f"({self.best['weights']} weights, epoch {self.best['epoch']}) saved as "
+                     f"{self.run_dir / RUN_WEIGHTS_FILE}")
         distributed.barrier(self.d)
         return summary
+
+    def _end_epoch(self, train: dict[str, float], writer) -> None:
+        """Evaluate the raw and EMA weights, then record the epoch: metrics row, best weights, log, TensorBoard."""
+        c = self.c
+        kw = dict(channels_last=c.channels_last, amp_dtype=self.amp_dtype, dist_info=self.d)
+        raw = self.task.evaluate(self.net, self.val_loader, self.device, **kw)
+        ema = self.task.evaluate(self.ema.module, self.val_loader, self.device, **kw) if self.ema is not None else None
+
+        def val(prefix: str, r: Result | None) -> dict[str, Any]:
+            return {f"{prefix}_loss": round(r.loss, 6) if r else "",
+                    **{f"{prefix}_{k}": round(r.metrics[k], 4) if r else "" for k in self.task.metric_keys}}
+
+        row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+               **{k: round(v, 6) for k, v in train.items()}, **val("val", raw), **val("ema_val", ema),
+               "skipped_images": len(self.skipped)}
+        self.history.append(row)
+        self._update_best(raw, ema)
+        self._log_epoch(train, raw, ema)
+        if writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step") and v != "":
+                    writer.add_scalar(k.replace("ema_val_", "val_ema/").replace("val_", "val/")
+                                      .replace("train_", "train/"), v, self.step)
+            writer.flush()
+
+    def _log_epoch(self, train: dict[str, float], raw: Result, ema: Result | None) -> None:
+        keys, labels = self.task.metric_keys, self.task.metric_labels
+        ema_txt = f" | ema {labels[0]} {ema.metrics[keys[0]]:.2f}%" if ema else ""
+        train_txt = f"top-1 {train['train_top1']:.1f}% " if "train_top1" in train else ""
+        # a detector's eval-mode forward gives boxes, not SSD's loss: no validation loss to print
+        val_loss_txt = "" if math.isnan(raw.loss) else f"loss {raw.loss:.4f} "
+        metrics_txt = " ".join(f"{label} {raw.metrics[k]:.2f}%" for k, label in zip(keys, labels, strict=True))
+        log.info(f"epoch {self.epoch + 1}/{self.c.epochs} train loss {train['train_loss']:.4f} "
+                 f"{train_txt}| val {val_loss_txt}{metrics_txt}{ema_txt} | {train['images_per_s']:.0f} img/s"
+                 + (f" | {len(self.skipped)} unreadable images skipped" if self.skipped else ""))
 
     def _log_start(self) -> None:
         c = self.c
@@ -574,8 +458,7 @@ class Trainer:
                  f"{c.scheduler} schedule, {c.epochs} epochs x {self.steps_per_epoch} steps, batch {c.batch_size}"
                  f" x {c.accum_steps} x {self.d.world_size} process(es), EMA {c.ema_decay or 'off'}")
         log.info(f"device {self.device}, amp {amp}, channels_last {c.channels_last}, compile {c.compile}, "
-                 f"{0 if self.data_path == 'memory' else default_workers(c)} loader workers; "
-                 f"config in {self.run_dir / CONFIG_FILE}")
+                 f"{self.workers} loader workers; config in {self.run_dir / CONFIG_FILE}")
 
 
 def latest_checkpoint_name(run_dir: Path) -> str | None:
@@ -585,13 +468,14 @@ def latest_checkpoint_name(run_dir: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
-def train(c: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None,
-          task: Any = None) -> dict[str, Any]:
-    """Train (or continue) a run; returns a summary with the best validation result. `task`: see Trainer."""
+def train(c: TrainConfig, run_dir: str | Path, task: Task, resume: bool = False,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train (or continue) a run of `task` (rubik.tasks.make_task(c) finds it); returns a summary with the
+    best validation result."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     trainer = None
     try:
-        trainer = Trainer(c, run_dir, resume=resume, progress=progress, task=task)
+        trainer = Trainer(c, run_dir, task, resume=resume, progress=progress)
         return trainer.fit()
     except RubikError as e:
         raise worker_error(e) from None
