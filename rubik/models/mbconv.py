@@ -149,38 +149,47 @@ def plan_macs(plan: NetPlan, resolution: int, num_classes: int = 1000, in_chans:
     return macs + size * size * last * plan.head + plan.head * num_classes
 
 
-class DepthwiseSeparable(Residual):
+class MBBlock(Residual):
+    """What both MBConv blocks share: an identity shortcut, with drop-connect, where the shape stays."""
+
+    def init_skip(self, in_ch: int, out_ch: int, stride: int, drop_rate: float) -> None:
+        """Call last in __init__ (timm registers `drop_path` after the convolutions)."""
+        self.has_skip = stride == 1 and in_ch == out_ch
+        self.drop_path = drop_connect(drop_rate) if self.has_skip else nn.Identity()
+
+    def skip(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(y) if self.has_skip else y
+
+
+class DepthwiseSeparable(MBBlock):
     """Depthwise conv -> SE -> pointwise projection; the first MBConv stage (expansion 1)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, se_ch: int,
                  act: type[nn.Module], drop_rate: float):
         super().__init__()
-        self.has_skip = stride == 1 and in_ch == out_ch
         self.conv_dw, self.bn1 = conv_bn(in_ch, in_ch, kernel, stride, groups=in_ch)
         self.act = act(inplace=True)
         self.se = SqueezeExcite(in_ch, se_ch, act) if se_ch else nn.Identity()
         self.conv_pw, self.bn2 = conv_bn(in_ch, out_ch, 1)
-        self.drop_path = drop_connect(drop_rate) if self.has_skip else nn.Identity()
+        self.init_skip(in_ch, out_ch, stride, drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.se(self.act(self.bn1(self.conv_dw(x))))
-        y = self.bn2(self.conv_pw(y))
-        return x + self.drop_path(y) if self.has_skip else y
+        return self.skip(x, self.bn2(self.conv_pw(y)))
 
 
-class InvertedResidual(Residual):
+class InvertedResidual(MBBlock):
     """MBConv: pointwise expansion -> depthwise conv -> SE -> linear pointwise projection."""
 
     def __init__(self, in_ch: int, mid: int, out_ch: int, kernel: int, stride: int,
                  se_ch: int, act: type[nn.Module], drop_rate: float):
         super().__init__()
-        self.has_skip = stride == 1 and in_ch == out_ch
         self.conv_pw, self.bn1 = conv_bn(in_ch, mid, 1)
         self.conv_dw, self.bn2 = conv_bn(mid, mid, kernel, stride, groups=mid)
         self.act = act(inplace=True)
         self.se = SqueezeExcite(mid, se_ch, act) if se_ch else nn.Identity()
         self.conv_pwl, self.bn3 = conv_bn(mid, out_ch, 1)
-        self.drop_path = drop_connect(drop_rate) if self.has_skip else nn.Identity()
+        self.init_skip(in_ch, out_ch, stride, drop_rate)
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """The expansion's output (SSDLite taps it in the first stride-32 block)."""
@@ -189,8 +198,7 @@ class InvertedResidual(Residual):
     def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The rest of the block, from its input `x` and expansion `y`."""
         y = self.se(self.act(self.bn2(self.conv_dw(y))))
-        y = self.bn3(self.conv_pwl(y))
-        return x + self.drop_path(y) if self.has_skip else y
+        return self.skip(x, self.bn3(self.conv_pwl(y)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.finish(x, self.expand(x))
