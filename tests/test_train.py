@@ -15,6 +15,7 @@ from train_helpers import QUICK, TINY_SPEC, make_image_folder, rubik_cli, write_
 from rubik.classify.task import ClassificationTask
 from rubik.classify.trained import load_classifier
 from rubik.errors import RubikError
+from rubik.files import DiskFullError, atomic_write
 from rubik.models.weights import read_state_dict
 from rubik.tasks import make_task
 from rubik.train import build_config, checkpoint
@@ -232,10 +233,10 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_tensors", full_disk)
-    with pytest.raises(checkpoint.DiskFullError, match="previous checkpoint"):
+    with pytest.raises(DiskFullError, match="previous checkpoint"):
         checkpoint.save_checkpoint(run, 2, {"model": {"w": torch.zeros(3)}}, {"step": 2})
-    with pytest.raises(checkpoint.DiskFullError):
-        checkpoint.atomic_write(run / "best.safetensors", lambda p: full_disk(p, {"w": torch.zeros(1)}))
+    with pytest.raises(DiskFullError):
+        atomic_write(run / "best.safetensors", lambda p: full_disk(p, {"w": torch.zeros(1)}))
     assert [p.name for p in (run / "checkpoints").iterdir()] == [first.name]  # no half-written folder left
     assert not (run / "best.safetensors").exists()
     path, loaded, state = checkpoint.latest_checkpoint(run)

@@ -142,17 +142,6 @@ def is_detector(model: Any) -> bool:
     return False
 
 
-def is_detection_run(weights: str | Path | None, model: Any = None) -> bool:
-    """Whether `rubik eval/predict/export --weights W [--model M]` is about a detector."""
-    if model is not None:
-        return is_detector(model)
-    meta = Path(str(weights)) / "model.json"
-    try:
-        return meta.is_file() and json.loads(meta.read_text()).get("task") == "detect"
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
-
-
 def get_detector_spec(model: Any, resolution: int | None = None) -> DetectorSpec:
     """Resolve a detector name, `ssdlite:BACKBONE`, a dict or a JSON file to a DetectorSpec."""
     if isinstance(model, DetectorSpec):
@@ -414,4 +403,4 @@ def detector_macs_params(det: nn.Module) -> tuple[int, int]:
 
 
 __all__ = ["DETECTORS", "DetectorSpec", "build_detector", "detector_macs_params", "from_scratch_init",
-           "get_detector_spec", "is_detection_run", "is_detector"]
+           "get_detector_spec", "is_detector"]

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-# atomic_write, atomic_write_text and DiskFullError are imported from here by the trainer and tests
-from ..files import DiskFullError, atomic_write, atomic_write_text, disk_error, fsync_dir, fsync_file  # noqa: F401
+from ..files import disk_error, fsync_dir, fsync_file
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
