@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ from ..errors import RubikError
 from ..models.registry import build, get_spec
 from ..models.spec import ModelSpec
 from ..models.weights import download, load_weights, read_state_dict
-from ..run import RUN_WEIGHTS_FILE, RunRecord
+from ..run import RunRecord, locate_weights
 from ..train import distributed
 from ..train.data import (
     EpochSampler,
@@ -87,9 +86,7 @@ class ClassificationTask(Task):
         if c.pretrained:
             path = download(spec)
         else:
-            path = Path(c.init)
-            if path.is_dir():
-                path = path / RUN_WEIGHTS_FILE
+            path, _ = locate_weights(c.init)  # a run directory: its best weights
         skipped = load_weights(net, read_state_dict(path), source=f"weights file {path}")
         note = f"; classifier replaced for {len(self.data.classes)} classes" if skipped else ""
         log.info(f"initial weights from {path}{note}")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
-from ..run import RUN_WEIGHTS_FILE, RunRecord
+from ..run import RunRecord, locate_weights
 from ..train.data import Transformed
 from ..train.recipes import TrainConfig
 from ..train.task import Loaders, Task, file_loaders
@@ -51,8 +51,7 @@ class DetectionTask(Task):
         backbone_weights = None
         whole = None
         if c.init:
-            path = Path(c.init)
-            path = path / RUN_WEIGHTS_FILE if path.is_dir() else path
+            path, _ = locate_weights(c.init)  # a run directory: its best weights
             whole, backbone_weights = self._classify_init(path)
         trainer.net = net = build_detector(self.spec, trainer.num_classes, pretrained=c.pretrained,
                                            backbone_weights=backbone_weights, classes=self.data.classes,
