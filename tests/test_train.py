@@ -6,6 +6,7 @@ import csv
 import errno
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,36 @@ def test_digits_short_run_is_well_above_chance(tmp_path):
                                  "resolution": 32, "warmup_epochs": 0.0, "log_every": 0})
     summary = train(c, tmp_path / "run")
     assert summary["best"]["top1"] > 50  # ten classes: chance is 10 % (this run measured 86 %)
+
+
+def test_the_task_table_finds_a_models_task_and_builds_old_runs():
+    from rubik.detect.task import DetectionTask
+    from rubik.models.weights import load_weights
+    from rubik.run import RunDir
+    from rubik.tasks import task_for_model, task_named
+
+    fixtures = Path(__file__).parent / "fixtures" / "runs"
+    assert task_for_model("tinynet_e") is task_for_model(TINY_SPEC) is ClassificationTask
+    assert task_for_model("ssdlite:tinynet_e") is task_for_model({"detector": "ssdlite", "name": "d",
+                                                                  "backbone": "tinynet_e"}) is DetectionTask
+    assert task_for_model("tinynet_q") is ClassificationTask  # whose lookup says "unknown model ..., did you mean"
+    assert make_task(build_config(cli_values={"model": "ssdlite:tinynet_e"})).metric_keys == ("map", "map50")
+    with pytest.raises(RubikError, match="unknown task 'segment'"):
+        task_named("segment")
+    # Runs written before the task record (2026-12-04): each task rebuilds its model from the record, and the
+    # run's weights load into it with nothing left over or missing.
+    for run, task in (("cls-2026-12-04", ClassificationTask), ("det-2026-12-04", DetectionTask)):
+        record = RunDir(fixtures / run).record
+        assert task_for_model(fixtures / run) is task and task.name == record.task
+        net = task.build_from_record(record)
+        assert load_weights(net, read_state_dict(fixtures / run / "best.safetensors")) == []
+        assert net.classes == record.classes and len(record.classes) == record.num_classes
+    expected = json.loads((fixtures / "cls-2026-12-04" / "expected.json").read_text())
+    classifier = ClassificationTask.build_from_record(RunDir(fixtures / "cls-2026-12-04").record)
+    load_weights(classifier, read_state_dict(fixtures / "cls-2026-12-04" / "best.safetensors"))
+    with torch.no_grad():
+        logits = classifier.eval()(torch.linspace(-2, 2, 3 * 32 * 32).reshape(1, 3, 32, 32))
+    assert torch.allclose(logits[0], torch.tensor(expected["logits"]), atol=1e-5)
 
 
 # ---- fine-tuning --------------------------------------------------------------------------------
