@@ -231,3 +231,19 @@ def test_exported_graph_has_no_slice_that_keeps_every_channel(name):
     full = [str(n) for n in graph.nodes if n.op == "call_function" and "slice" in str(n.target)
             and n.meta["val"].shape == n.args[0].meta["val"].shape]
     assert not noop and not full, noop + full
+
+
+def test_v2_and_v3_are_ghostnets_that_differ_only_in_their_bottlenecks():
+    from rubik.models.ghost import GhostBottleneck, GhostModule, GhostNet
+    from rubik.models.ghostnetv2 import ATTENTION_FROM, GhostModuleV2
+
+    v1, v2 = GhostNet(0.5, 0.5, num_classes=3), GhostNetV2(0.5, 0.5, num_classes=3)
+    assert isinstance(v2, GhostNet) and isinstance(GhostNetV3(0.5, 0.5), GhostNetV2)
+    for own in ("__init__", "forward", "forward_features", "forward_head", "reset_classifier"):
+        assert own not in vars(GhostNetV2) and own not in vars(GhostNetV3), own  # GhostNet's, not a copy
+    # Same stem, head and keys outside the DFC branches; the gate from ATTENTION_FROM on.
+    assert [k for k in v2.state_dict() if ".short_conv." not in k] == list(v1.state_dict())
+    blocks = [b for stage in v2.blocks[:-1] for b in stage]
+    assert all(isinstance(b, GhostBottleneck) for b in blocks)
+    assert [type(b.ghost1) for b in blocks] == [GhostModule] * ATTENTION_FROM + [GhostModuleV2] * (
+        len(blocks) - ATTENTION_FROM)
