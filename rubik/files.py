@@ -31,15 +31,21 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def disk_error(e: OSError, target: Path) -> RubikError:
+RESUME_ADVICE = ("the previous checkpoint and weights are intact: free some space, then continue with "
+                 "`rubik train --resume RUN_DIR`")
+
+
+def disk_error(e: OSError, target: Path, advice: str = RESUME_ADVICE) -> RubikError:
+    """The one-line error of a failed write; `advice`: what a full disk leaves intact and what to do (a run's
+    by default)."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"disk full while saving {target}; the previous checkpoint and weights are intact: "
-                             "free some space, then continue with `rubik train --resume RUN_DIR`")
+        return DiskFullError(f"disk full while saving {target}; {advice}")
     return RubikError(f"could not write {target} ({e.strerror or e}); check the folder's permissions and free space")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through `write(tmp_path)`, fsync, then rename over `path`: readers see old or new, never half."""
+def atomic_write(path: Path, write: Callable[[Path], None], advice: str = RESUME_ADVICE) -> None:
+    """Write through `write(tmp_path)`, fsync, then rename over `path`: readers see old or new, never half.
+    `advice`: as `disk_error`'s."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -49,7 +55,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise disk_error(e, path) from None
+        raise disk_error(e, path, advice) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -113,6 +113,28 @@ def test_verification_catches_a_wrong_export(tmp_path, tiny):
         verify_onnx(tiny, path)
 
 
+def test_export_is_atomic_and_a_full_disk_says_to_export_again(tmp_path, tiny, monkeypatch):
+    import errno
+
+    import onnx
+
+    from rubik.files import DiskFullError
+
+    path = export_onnx(tiny, tmp_path / "m.onnx")
+    before = path.read_bytes()
+    real = onnx.save
+
+    def full_disk(model, f, *args, **kwargs):  # the disk fills while the file is written beside its final name
+        real(model, f, *args, **kwargs)
+        if Path(f).parent == tmp_path:  # a partial file exists when the error comes
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full_disk)
+    with pytest.raises(DiskFullError, match="export again"):
+        export_onnx(tiny, path, batch=2)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
 def test_runtime_preprocessing_matches_training_evaluation():
     from rubik.train.data import eval_transform
 
@@ -263,6 +285,20 @@ def test_cli_export_run_dir_to_int8(tmp_path, run_dir, image_folder, capsys, mon
     assert "top-1 agreement" in stdout and "on 3 held-out images" in stdout  # the run's split: 1 per class
     assert out.is_file() and (tmp_path / "out" / "m.fp32.onnx").is_file()
     assert Classifier(out).classes == ["cat", "dog", "owl"]
+
+
+def test_export_pipeline_returns_the_files_and_the_report(tmp_path, tiny, image_folder):
+    """The Python function under `rubik export`: the files it wrote, both checks, and the report it would print."""
+    from rubik.classify.export import ClassifierExport
+    from rubik.deploy.pipeline import export
+
+    lines = []
+    result = export(ClassifierExport(tiny), tmp_path / "m.onnx", int8=True, calib=str(image_folder), calib_n=12,
+                    eval_n=12, boundary="all", max_drop=100, log=lines.append)
+    assert result.path == tmp_path / "m.onnx" and result.files == [tmp_path / "m.fp32.onnx", tmp_path / "m.onnx"]
+    assert result.verification.n == 16 and result.int8_check.n == 3 and result.report == lines
+    assert lines[0].startswith(f"wrote {tmp_path / 'm.fp32.onnx'}") and str(result.int8_check) in lines
+    assert Classifier(result.path).precision == "int8"
 
 
 def test_cli_missing_weights_is_one_line(tmp_path, capsys, monkeypatch):

@@ -292,7 +292,7 @@ def test_expansion_tap_is_the_blocks_own_expansion(backbone):
 def test_a_run_from_before_the_expansion_tap_still_loads(tmp_path):
     from safetensors.torch import save_file
 
-    from rubik.detect.cli import load_detector
+    from rubik.detect.infer import load_detector
     from rubik.run import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
 
     old = get_detector_spec({"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 96, "tap16": "stage"})
@@ -374,7 +374,7 @@ def test_ghostnet_detector_exports_in_the_ghost_layout_with_the_same_outputs(tmp
     PyTorch and in the ONNX file; other backbones, torchvision's MobileNetV3 included, export as they are."""
     import onnx
 
-    from rubik.detect.export import DetectorCore, export_detector
+    from rubik.detect.export import DetectorCore, body_bottlenecks, export_detector
 
     torch.manual_seed(0)
     det = _trained_like(build_detector({"detector": "ssdlite", "backbone": "ghostnet_050", "resolution": 96}, 2))
@@ -389,6 +389,9 @@ def test_ghostnet_detector_exports_in_the_ghost_layout_with_the_same_outputs(tmp
     assert [len(c.layout_body.prefix.bottlenecks) for c in cores.values()] == [11, 7]
     for name in ("ssdlite_tinynet_e", "ssdlite_mobilenet_v3_large"):
         assert DetectorCore(build_detector(name, 2), "fp32").layout_body is None
+    # GhostNetV2's bottlenecks look like v1's (expand/finish, Ghost modules that derive from v1's): not v1 arithmetic
+    v2 = build_detector({"detector": "ssdlite", "backbone": "ghostnetv2_100", "resolution": 96}, 2)
+    assert body_bottlenecks(v2.backbone.body) and DetectorCore(v2, "fp32").layout_body is None
 
     def concats(layout):
         path = export_detector(det, tmp_path / f"{layout}.onnx", layout=layout)
@@ -397,10 +400,27 @@ def test_ghostnet_detector_exports_in_the_ghost_layout_with_the_same_outputs(tmp
     assert concats("fp32") < concats(None) - 15  # one Concat per Ghost module before stride 32 is gone
 
 
+def test_bench_times_a_detector_file(tmp_path, capsys):
+    """`rubik bench det.onnx` times the file in its runtime whatever its task, with the MACs its metadata carries;
+    the formats a detector has no graph for say so."""
+    from rubik.deploy.pipeline import export
+    from rubik.detect.export import DetectorExport, export_detector
+    from rubik.detect.model import detector_macs_params
+
+    det = _trained_like(build_detector({"detector": "ssdlite", "backbone": "tinynet_e", "resolution": 64}, 2))
+    path = export_detector(det, tmp_path / "det.onnx")
+    assert main(["bench", str(path), "--runs", "3", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["backend"] == "file" and row["model"] == "det.onnx" and row["median_ms"] > 0
+    assert row["macs"] == detector_macs_params(det)[0] > 0
+    with pytest.raises(RubikError, match="exports to onnx or executorch, not ncnn"):
+        export(DetectorExport(det), tmp_path / "det", format="ncnn")
+
+
 def test_backbone_norm_defaults_to_torchvisions_ssdlite_batchnorm_and_old_runs_keep_theirs(tmp_path):
     from safetensors.torch import save_file
 
-    from rubik.detect.cli import load_detector
+    from rubik.detect.infer import load_detector
     from rubik.run import RUN_MODEL_FILE, RUN_WEIGHTS_FILE
 
     def backbone_bns(det):

@@ -1,4 +1,5 @@
-"""Edge deployment: ONNX export (verified), int8 quantization, latency benchmarks, a torch-free runtime, ncnn.
+"""Edge deployment: the export core and pipeline (ONNX, ExecuTorch, ncnn; verified), int8 quantization, latency
+benchmarks, a torch-free runtime (`Classifier`, `Detector`).
 
 Names load on first use, so `rubik.deploy.runtime` can be used without importing torch here.
 """
@@ -9,7 +10,7 @@ _EXPORTS = {
     "export_onnx": "export", "verify_onnx": "export", "fold_batchnorm": "export",
     "quantize_int8": "quantize", "check_int8": "quantize",
     "bench": "bench", "format_table": "bench", "matmul_peak": "bench",
-    "Classifier": "runtime", "Preprocess": "runtime",
+    "Classifier": "runtime", "Detector": "runtime", "Preprocess": "runtime", "export_executorch": "executorch",
     "export_ncnn": "edge",
 }
 __all__ = sorted(_EXPORTS)

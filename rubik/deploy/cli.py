@@ -33,7 +33,7 @@ def _export_target(args: argparse.Namespace):
     from ..tasks import task_for_weights
 
     if args.weights and Path(args.weights).exists() and task_for_weights(args.weights, args.model).name == "detect":
-        from ..detect.cli import load_detector
+        from ..detect.infer import load_detector
         from ..detect.export import DetectorExport
 
         return DetectorExport(load_detector(args.weights, args.model))
@@ -81,14 +81,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained model to ONNX (optionally int8) or ncnn, verified")
+    p = sub.add_parser("export", help="export a trained classifier or detector to ONNX or ExecuTorch (optionally "
+                       "int8) or ncnn, verified")
     p.add_argument("--model", help="a named model or a JSON spec (read from the run directory when omitted)")
     p.add_argument("--weights", help="a training run directory or a .safetensors/.pth file")
     p.add_argument("--pretrained", action="store_true", help="the official ImageNet weights instead of --weights")
     p.add_argument("--random-init", action="store_true", help="untrained weights (speed tests only)")
     p.add_argument("--num-classes", type=int, default=1000, help="with --random-init")
     p.add_argument("--format", default="onnx", help="onnx (default), executorch (a .pte lowered to XNNPACK, for "
-                   "Android/iOS) or ncnn")
+                   "Android/iOS) or ncnn (classifiers)")
     p.add_argument("-o", "--output", required=True, help="model.onnx or model.pte (with --int8 the fp32 file goes "
                    "beside it as model.fp32.onnx / .pte); for ncnn, the stem of model.ncnn.param / .bin")
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (default: fixed)")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
-from .export import ExportMismatchError, Verification, export_onnx, preprocess_of
+from .export import ExportMismatchError, Verification, export_onnx, preprocess_of, save_file
 
 
 @dataclass
@@ -82,8 +82,8 @@ def export_ncnn(model: nn.Module, out: str | Path, images: list[Any] | None = No
             raise RubikError(f"pnnx could not convert {model.spec.name} to ncnn (exit {proc.returncode}): {tail[:300]}")
         out.parent.mkdir(parents=True, exist_ok=True)
         dest_param, dest_bin = out.parent / f"{stem}.ncnn.param", out.parent / f"{stem}.ncnn.bin"
-        shutil.copyfile(param, dest_param)
-        shutil.copyfile(weights, dest_bin)
+        save_file(dest_param, lambda p: shutil.copyfile(param, p))
+        save_file(dest_bin, lambda p: shutil.copyfile(weights, p))
     if images is None:
         from .images import sample_photos
 

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import RubikError
-from ..files import atomic_write
-from .export import Graph, network_graph
+from .export import Graph, network_graph, save_file
 from .metadata import write_sidecar
 from .runtime import META_PRECISION
 from .xnnpack_int8 import ActivationCounts, delegate_ops, make_quantizer, partitioner
@@ -168,7 +167,7 @@ def lower_report(module: nn.Module, example: torch.Tensor, path: str | Path,
             raise ExecuTorchError(f"ExecuTorch cannot export {type(module).__name__}: {type(e).__name__}: "
                                   f"{_first_line(e)}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: p.write_bytes(buffer))
+    save_file(path, lambda p: p.write_bytes(buffer))
     float_inside = delegate_ops(path).float_compute() if counts is not None else {}
     return Lowered(path, outside, counts, float_inside)
 

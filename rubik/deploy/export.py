@@ -3,7 +3,7 @@
 A task builds its `Graph` (the module to trace, its outputs and metadata: a classifier's network from
 `network_graph`, a detector's raw SSD outputs from rubik.detect.export); the core writes it as ONNX
 (`write_onnx`: BatchNorm folded, pooling ORT can run in int8, metadata in the file) or as an ExecuTorch
-.pte (`executorch.write_pte`, metadata beside it), every file atomically (`rubik.files.atomic_write`),
+.pte (`executorch.write_pte`, metadata beside it), every file atomically (`save_file`),
 and the task checks the file against PyTorch in its runtime (a classifier with `verify_file`).
 `deploy.pipeline.export` runs the whole chain, int8 included. The files are portable (no
 hardware-specific ORT layouts): any ONNX runtime, or a converter such as MindSpore Lite's, can take them.
@@ -15,6 +15,7 @@ import contextlib
 import io
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from .runtime import open_session as _open_session
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_OPSET = 18
+EXPORT_ADVICE = "a file that was there before is intact: free some space and export again"
 
 
 class ExportMismatchError(RubikError):
@@ -46,6 +48,13 @@ def open_session(path: str | Path, threads: int = 1):
         return _open_session(path, threads)
     except RuntimeModelError as e:
         raise ModelFileError(str(e)) from None
+
+
+def save_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Write an exported file (model, sidecar) as `rubik.files.atomic_write` does: whole or not at all."""
+    from ..files import atomic_write
+
+    atomic_write(path, write, EXPORT_ADVICE)
 
 
 def preprocess_of(model: nn.Module, resolution: int | None = None) -> Preprocess:
@@ -159,7 +168,6 @@ def write_onnx(graph: Graph, path: str | Path, *, batch: int = 1, dynamic_batch:
     memory once."""
     import onnx
 
-    from ..files import atomic_write
     from .metadata import set_onnx_metadata
 
     path = Path(path)
@@ -176,7 +184,7 @@ def write_onnx(graph: Graph, path: str | Path, *, batch: int = 1, dynamic_batch:
     set_onnx_metadata(onnx_model, graph.metadata)
     onnx_model.producer_name = "rubik"
     onnx.checker.check_model(onnx_model)
-    atomic_write(path, lambda p: onnx.save(onnx_model, str(p)))
+    save_file(path, lambda p: onnx.save(onnx_model, str(p)))
     return path
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..files import atomic_write_text
+from .export import save_file
 from .runtime import META_CLASSES, META_MACS, META_MODEL, META_PRECISION, META_PREPROCESS, Preprocess, sidecar_path
 
 
@@ -46,5 +46,6 @@ def set_onnx_metadata(onnx_model, meta: dict[str, str]) -> None:
 def write_sidecar(model_path: str | Path, meta: dict[str, str]) -> Path:
     """Write `meta` as JSON beside `model_path` (atomically: a reader never sees half a file)."""
     path = sidecar_path(model_path)
-    atomic_write_text(path, json.dumps(meta, indent=1) + "\n")
+    text = json.dumps(meta, indent=1) + "\n"
+    save_file(path, lambda p: p.write_text(text))
     return path

@@ -164,9 +164,9 @@ def export_executorch_planned(graph, path, fp32_path, gate: Callable[[object], b
     import tempfile
     from pathlib import Path
 
-    from ..files import atomic_write
     from ..timing import median_ms
     from .executorch import write_pte
+    from .export import save_file
     from .metadata import write_sidecar
     from .quantize import Agreement
     from .runtime import open_model, sidecar_path
@@ -197,7 +197,7 @@ def export_executorch_planned(graph, path, fp32_path, gate: Callable[[object], b
         chosen = made[frozenset(summary.get("keep_float", []))]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda p: shutil.copyfile(chosen.path, p))
+        save_file(path, lambda p: shutil.copyfile(chosen.path, p))
         meta = json.loads(sidecar_path(chosen.path).read_text())
         write_sidecar(path, {**meta, **({META_PLAN: json.dumps(summary)} if summary else {})})
         result = dataclasses.replace(chosen, path=path)

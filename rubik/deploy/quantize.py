@@ -44,9 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RubikError
-from ..files import atomic_write
 from ..timing import median_ms
-from .export import open_session
+from .export import open_session, save_file
 from .images import LabelledImages
 from .metadata import set_onnx_metadata
 from .runtime import META_PRECISION, META_PREPROCESS, Classifier, Preprocess, RuntimeModelError
@@ -535,7 +534,7 @@ def write_int8(quantized: Path, fp32_path: Path, config: QuantConfig, out_path: 
     set_onnx_metadata(model, {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props})
     set_onnx_metadata(model, {META_PRECISION: "int8", META_INT8: json.dumps(asdict(config))})
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_path, lambda p: onnx.save(model, str(p)))
+    save_file(out_path, lambda p: onnx.save(model, str(p)))
 
 
 def quantize_int8(fp32_path: str | Path, calib_images: list, out_path: str | Path, *, calib_n: int = 256,
