@@ -8,7 +8,9 @@ for a family without plan arithmetic) and width is found by bisection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import torch
 
@@ -34,19 +36,21 @@ def macs_of(spec: ModelSpec, num_classes: int = 1000) -> int:
     return count(model, spec.resolution)[0]
 
 
-def solve_width(spec: ModelSpec, target_macs: float, tolerance: float = 1e-3,
-                num_classes: int = 1000) -> list[tuple[ModelSpec, int]]:
+def solve_width(spec: ModelSpec, target_macs: float, tolerance: float = 1e-3, num_classes: int = 1000,
+                cost: Callable[[ModelSpec], int] | None = None) -> list[tuple[ModelSpec, int]]:
     """The two widths around the target: the widest model at or below it and the narrowest above.
 
     MACs grow in steps with width (all stages round to multiples of 8 together), so bisection
     brackets the step that crosses the target. Raises InfeasibleBudget when even the extreme
-    widths cannot reach it. MACs count a `num_classes`-way classifier (the head is part of the budget).
+    widths cannot reach it. MACs count a `num_classes`-way classifier (the head is part of the budget), or
+    are `cost(spec)`: the MACs of whatever is built around the model (a detector around its backbone).
     """
+    cost = cost or partial(macs_of, num_classes=num_classes)
     cache: dict[float, int] = {}
 
     def at(w: float) -> int:
         if w not in cache:
-            cache[w] = macs_of(replace(spec, width=w), num_classes)
+            cache[w] = cost(replace(spec, width=w))
         return cache[w]
 
     lo, hi = WIDTH_RANGE
@@ -65,26 +69,28 @@ def solve_width(spec: ModelSpec, target_macs: float, tolerance: float = 1e-3,
     return [(replace(spec, width=w), at(w)) for w in (lo, hi)]  # unrounded: a step may sit at the 4th digit
 
 
-def solve(spec: ModelSpec, target_macs: float, max_error: float = 0.01,
-          max_resolution_change: float = 0.06, num_classes: int = 1000) -> tuple[ModelSpec, int]:
+def solve(spec: ModelSpec, target_macs: float, max_error: float = 0.01, max_resolution_change: float = 0.06,
+          num_classes: int = 1000, cost: Callable[[ModelSpec], int] | None = None,
+          resolution_step: int = 1) -> tuple[ModelSpec, int]:
     """Width for the target; where channel steps leave it more than `max_error` off, resolution too.
 
     MACs move in steps with width (the first stage going from 8 to 16 channels adds 13 % to a
     TinyNet-C-sized model) and with resolution (strided feature maps round up, so 192 -> 193 px
     adds a row and column to the last stages: 17 %). Resolutions nearest the formula's are tried
-    in turn, each with its own width, until one lands within `max_error`.
+    in turn, each with its own width, until one lands within `max_error`; resolutions stay multiples of
+    `resolution_step` away from the formula's (at least one step either side). `cost`: as `solve_width`.
     """
-    bracket = solve_width(spec, target_macs, num_classes=num_classes)
+    bracket = solve_width(spec, target_macs, num_classes=num_classes, cost=cost)
     best_spec, best = min(bracket, key=lambda sm: abs(sm[1] - target_macs))
-    limit = max(1, round(spec.resolution * max_resolution_change))
-    for offset in sorted(range(-limit, limit + 1), key=abs)[1:]:
+    limit = max(1, round(spec.resolution * max_resolution_change / resolution_step))
+    for offset in sorted(range(-limit * resolution_step, limit * resolution_step + 1, resolution_step), key=abs)[1:]:
         if abs(best / target_macs - 1) <= max_error:
             break
         resolution = spec.resolution + offset
         if resolution < MIN_RESOLUTION:
             continue
         try:
-            bracket = solve_width(replace(spec, resolution=resolution), target_macs, num_classes=num_classes)
+            bracket = solve_width(replace(spec, resolution=resolution), target_macs, num_classes=num_classes, cost=cost)
         except InfeasibleBudget:
             continue
         cand_spec, cand = min(bracket, key=lambda sm: abs(sm[1] - target_macs))
