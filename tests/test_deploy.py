@@ -296,8 +296,8 @@ def test_export_pipeline_returns_the_files_and_the_report(tmp_path, tiny, image_
     result = export(ClassifierExport(tiny), tmp_path / "m.onnx", int8=True, calib=str(image_folder), calib_n=12,
                     eval_n=12, boundary="all", max_drop=100, log=lines.append)
     assert result.path == tmp_path / "m.onnx" and result.files == [tmp_path / "m.fp32.onnx", tmp_path / "m.onnx"]
-    assert result.verification.n == 16 and result.int8_check.n == 3 and result.report == lines
-    assert lines[0].startswith(f"wrote {tmp_path / 'm.fp32.onnx'}") and str(result.int8_check) in lines
+    assert result.verification.n == 16 and result.int8.n == 3 and result.report == lines
+    assert lines[0].startswith(f"wrote {tmp_path / 'm.fp32.onnx'}") and str(result.int8) in lines
     assert Classifier(result.path).precision == "int8"
 
 

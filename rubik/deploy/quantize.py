@@ -614,6 +614,11 @@ class Int8Check:
             return None
         return self.int8_accuracy - self.fp32_accuracy
 
+    @property
+    def drop(self) -> float:
+        """Accuracy points int8 lost (0 on unlabelled images): what `--max-drop` bounds."""
+        return 0.0 if self.accuracy_delta is None else -100 * self.accuracy_delta
+
     def __str__(self) -> str:
         text = f"int8 vs fp32 on {self.n} held-out images: top-1 agreement {self.top1_agreement:.1%}"
         if self.accuracy_delta is not None:
@@ -676,8 +681,7 @@ class Int8Gate:
 
     def drop(self, path: str | Path) -> float:
         """Accuracy points lost (0 when unlabelled)."""
-        delta = self.check(path).accuracy_delta
-        return 0.0 if delta is None else -100 * delta
+        return self.check(path).drop
 
     def __call__(self, path: str | Path) -> bool:
         return self.drop(path) <= self.max_drop

@@ -247,6 +247,7 @@ class BoxCheck:
     n: int
     found: float
     min_score: float
+    drop: float = 0.0  # accuracy points: boxes have none, the gate never refuses
 
     def __str__(self) -> str:
         if math.isnan(self.found):
@@ -289,7 +290,7 @@ class BoxGate:
         return self.checks[path]
 
     def drop(self, path: str | Path) -> float:
-        return 0.0
+        return self.check(path).drop
 
     def __call__(self, path: str | Path) -> bool:
         return True
