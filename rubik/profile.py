@@ -18,12 +18,22 @@ from .timing import median_ms
 
 
 @dataclass
+class Part:
+    """The cost of one part of a model (a detector's backbone, extra layers, head)."""
+
+    macs: int
+    params: int
+    latency_ms: float | None = None
+
+
+@dataclass
 class Profile:
     resolution: int
     params: int
     macs: int
     peak_activation_bytes: int
     latency_ms: float | None = None  # median, batch 1, one thread, CPU
+    parts: dict[str, Part] | None = None  # parts that add up to the whole (detectors), in order
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -173,3 +173,12 @@ def test_plan_arithmetic_counts_what_the_hooks_count():
             gh = GhostNet(width=w, depth=d, num_classes=n)
         assert plan_macs(mb.plan, r, n) == count(mb, r)[0]
         assert ghost_plan_macs(gh.plan, r, n) == count(gh, r)[0]
+
+
+def test_an_unknown_model_too_long_for_a_file_name_is_the_unknown_model_error():
+    """A string longer than a file name can be (a spec's repr, say) was stat()ed and raised OSError."""
+    from rubik.models import get_spec
+    from rubik.models.registry import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match="unknown model"):
+        get_spec("x" * 5000)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from rubik.classify.trained import load_classifier
-from rubik.detect.cli import load_detector
+from rubik.detect.infer import load_detector
 from rubik.errors import RubikError
 from rubik.run import BEST_INFO_FILE, RUN_MODEL_FILE, RunDir, RunRecord, locate_weights, migrate_best
 

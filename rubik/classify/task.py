@@ -64,6 +64,55 @@ class ClassificationTask(Task):
         net.classes = record.classes
         return net
 
+    @classmethod
+    def create(cls, model: Any, num_classes: int | None = None, pretrained: bool = False,
+               weights: str | None = None) -> nn.Module:
+        from ..models.weights import create_model
+
+        return create_model(model, num_classes=1000 if num_classes is None else num_classes, pretrained=pretrained,
+                            weights=weights)
+
+    @classmethod
+    def load(cls, weights: Any, model: Any = None) -> nn.Module:
+        from .trained import load_classifier
+
+        return load_classifier(weights, model)
+
+    @classmethod
+    def evaluate_model(cls, net: nn.Module, data: str, **kw: Any):
+        from .infer import evaluate_classifier
+
+        return evaluate_classifier(net, data, **kw)
+
+    @classmethod
+    def predict(cls, net: nn.Module, images: list, top_k: int = 5, **_: Any) -> list[dict[str, Any]]:
+        from .infer import predict_classifier
+
+        return predict_classifier(net, images, top_k)
+
+    @classmethod
+    def model_table(cls, pattern: str | None = None) -> list[dict[str, Any]]:
+        from ..models import MODELS, list_models, published
+        from ..profile import count, count_params, deployed
+
+        rows = []
+        for name in list_models(pattern):
+            spec = MODELS[name]
+            with torch.device("meta"):  # shapes only: counting needs no memory and no arithmetic
+                model = deployed(build(spec))  # GhostNetV3 folded, as published
+            pub = published(spec)
+            rows.append({"name": name, "task": cls.name, "family": spec.family, "input": spec.resolution,
+                         "params_m": count_params(model) / 1e6, "macs_m": count(model, spec.resolution)[0] / 1e6,
+                         "paper_macs_m": pub.macs_m, "paper_params_m": pub.params_m, "paper_top1": pub.top1,
+                         "timm_top1": pub.timm_top1, "pretrained": bool(pub.hub_id), "hub_id": pub.hub_id})
+        return rows
+
+    @classmethod
+    def exporter(cls, net: nn.Module):
+        from .export import ClassifierExport
+
+        return ClassifierExport(net)
+
     # ---- setup --------------------------------------------------------------------------------
 
     def setup(self, trainer) -> None:

@@ -26,7 +26,7 @@ def load_classifier(weights: str | Path, model: Any = None) -> nn.Module:
     if record is not None:
         if record.task != "classify":
             raise RubikError(f"{weights} is a run of task {record.task!r}, not a classifier; load it with "
-                             "that task's loader (a detector: rubik.detect.cli.load_detector)")
+                             "that task's loader (a detector: rubik.detect.infer.load_detector)")
         model, classes, holdout = model or record.model, record.classes, record.holdout
     if model is None:
         raise WeightsError(f"weights file {path} does not say which architecture it is for; name one (--model NAME)")

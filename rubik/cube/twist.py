@@ -4,6 +4,8 @@ tiny:  r, d = GP fit of the Pareto front at c;  w solved on the built model so M
 giant: phi from c (each unit of phi doubles FLOPs); r, d from phi;  w solved the same way
        (the literal w = 1.1^phi overshoots small budgets by up to 2x, see rubik.models.registry).
 A latency budget is met by measuring candidates: bisection on c of the measured latency.
+MACs are the model's own, or those of whatever a layer above builds around it (`Twister(cost=...)`:
+a detector around its backbone, rubik.detect.twist), so the whole of that meets the budget.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ class TwistResult:
     def error(self) -> float:
         return self.macs / self.target_macs - 1
 
+    def __str__(self) -> str:
+        s, b = self.spec, self.base
+        ms = "" if self.latency_ms is None else f", {self.latency_ms:.2f} ms"
+        return (f"{s.name}: {s.resolution} px, r={s.resolution / b.resolution:.3f} d={s.depth / b.depth:.3f} "
+                f"w={s.width / b.width:.3f}, {self.macs / 1e6:.1f} M MACs ({100 * self.error:+.2f} % of the "
+                f"target){ms}")
+
     def extrapolated(self, formula: TinyFormula) -> bool:
         """True when c lies below half the formula's smallest fitted point: a guess, not a fit."""
         return self.method == "tiny" and self.ratio < 0.5 * formula.c_range[0]
@@ -86,10 +95,16 @@ class TwistResult:
 
 
 class Twister:
-    """Twists one base model with one formula; caches the base's MACs and the formula's fit."""
+    """Twists one base model with one formula; caches the base's MACs and the formula's fit.
+
+    `cost(spec)`: the MACs that must meet the budget (default: the model's, as a 1000-way classifier); ratios
+    are to the base's cost. `resolution_step`: twisted resolutions are multiples of it. `label`: the base's
+    name in messages.
+    """
 
     def __init__(self, base: str | ModelSpec = "efficientnet_b0", method: str = "tiny",
-                 formula: TinyFormula | str | None = None):
+                 formula: TinyFormula | str | None = None, cost: Callable[[ModelSpec], int] | None = None,
+                 resolution_step: int = 1, label: str | None = None):
         if method not in METHODS:
             raise RubikError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.base = get_spec(base)
@@ -103,7 +118,10 @@ class Twister:
             self.formula = formula
         else:  # the family's own formula unless the user gives one
             self.formula = TinyFormula.load(formula) if formula else TinyFormula.builtin(self.family.formula)
-        self.base_macs = macs_of(self.base)
+        self.cost = cost or macs_of
+        self.resolution_step = resolution_step
+        self.label = label or self.base.name
+        self.base_macs = self.cost(self.base)
 
     def twist_rules(self):
         """The rules twisted models are built with: the base's, with the tiny formula's where the family takes them."""
@@ -120,13 +138,14 @@ class Twister:
             phi = phi_for_ratio(c)
             r, d, _ = giant(phi)
             pred = None
-        resolution = max(MIN_RESOLUTION, round(self.base.resolution * r))
+        step = self.resolution_step
+        resolution = max(MIN_RESOLUTION, step * round(self.base.resolution * r / step))
         spec = replace(self.base, resolution=resolution, depth=self.base.depth * d, rules=self.twist_rules())
         return spec, pred, phi
 
     def _smallest_macs(self, c: float) -> int:
         spec, _, _ = self._start(c)
-        return macs_of(replace(spec, width=WIDTH_RANGE[0]))
+        return self.cost(replace(spec, width=WIDTH_RANGE[0]))
 
     def feasible_range(self) -> tuple[float, float]:
         """(smallest, largest) MACs this base and formula can be twisted to."""
@@ -144,7 +163,7 @@ class Twister:
 
     def _range_error(self, what: str, hint: str = "") -> RubikError:
         lo, hi = self.feasible_range()
-        return RubikError(f"{what} is outside what {self.method} twisting of {self.base.name} can build{hint}; "
+        return RubikError(f"{what} is outside what {self.method} twisting of {self.label} can build{hint}; "
                           f"feasible: {lo / 1e6:.1f} M .. {hi / 1e6:.1f} M MACs "
                           f"(ratio {lo / self.base_macs:.3f} .. {hi / self.base_macs:.3f})")
 
@@ -155,7 +174,7 @@ class Twister:
             raise self._range_error(f"{target_macs / 1e6:.1f} M MACs", hint)
         spec, pred, phi = self._start(c)
         try:
-            spec, macs = solve(spec, target_macs)
+            spec, macs = solve(spec, target_macs, cost=self.cost, resolution_step=self.resolution_step)
         except InfeasibleBudget:
             raise self._range_error(f"{target_macs / 1e6:.1f} M MACs") from None
         name = name or f"{self.base.name}_{self.method}_{target_macs / 1e6:.0f}m"
@@ -177,7 +196,7 @@ class Twister:
         smallest = self.to_ratio(lo)
         smallest.latency_ms = measure(smallest.spec)
         if smallest.latency_ms > target_ms:
-            raise RubikError(f"{target_ms:g} ms is below the fastest model twisted from {self.base.name} on this "
+            raise RubikError(f"{target_ms:g} ms is below the fastest model twisted from {self.label} on this "
                              f"machine ({smallest.latency_ms:.2f} ms at {smallest.macs / 1e6:.1f} M MACs)")
         largest = self.to_ratio(hi)
         largest.latency_ms = measure(largest.spec)
@@ -221,10 +240,15 @@ def twist(base: str | ModelSpec = "efficientnet_b0", budget: Budget | None = Non
     if base_resolution:
         base = replace(get_spec(base), resolution=base_resolution)
     t = Twister(base, method, formula)
+    return t, meet(t, budget, measure, name)
+
+
+def meet(twister, budget: Budget, measure: Callable | None = None, name: str | None = None):
+    """`twister`'s result for `budget` (a Twister, or any twister with to_macs, to_ratio and to_latency)."""
     if budget.kind == "macs":
-        return t, t.to_macs(budget.value, name)
+        return twister.to_macs(budget.value, name)
     if budget.kind == "ratio":
-        return t, t.to_ratio(budget.value, name)
+        return twister.to_ratio(budget.value, name)
     if measure is None:
         raise RubikError("a latency budget needs a runtime to measure candidates with")
-    return t, t.to_latency(budget.value, measure, name)
+    return twister.to_latency(budget.value, measure, name)

@@ -20,6 +20,9 @@ from .evaluate import DetectionResult, evaluate_detector
 from .model import build_detector, get_detector_spec, is_detector
 
 
+COCO_CLASSES = 80  # object classes of a detector made without a class count, as COCO's
+
+
 class DetectionTask(Task):
     """SSDLite on a rubik backbone: SSD's box regression and classification losses; mAP ranks checkpoints."""
 
@@ -42,6 +45,57 @@ class DetectionTask(Task):
     @classmethod
     def build_from_record(cls, record: RunRecord) -> nn.Module:
         return build_detector(record.model, record.num_classes, classes=record.classes)
+
+    @classmethod
+    def create(cls, model: Any, num_classes: int | None = None, pretrained: bool = False,
+               weights: str | None = None) -> nn.Module:
+        """`pretrained`: the backbone's official ImageNet weights (extra layers and head start fresh)."""
+        if weights is not None:
+            return cls.load(weights, model)
+        return build_detector(model, COCO_CLASSES if num_classes is None else num_classes, pretrained=pretrained)
+
+    @classmethod
+    def load(cls, weights: Any, model: Any = None) -> nn.Module:
+        from .infer import load_detector
+
+        return load_detector(weights, model)
+
+    @classmethod
+    def evaluate_model(cls, net: nn.Module, data: str, **kw: Any):
+        from .infer import evaluate_on
+
+        return evaluate_on(net, data, **kw)
+
+    @classmethod
+    def predict(cls, net: nn.Module, images: list, min_score: float = 0.3, out: Any = None,
+                **_: Any) -> list[dict[str, Any]]:
+        from .infer import predict_detector
+
+        return predict_detector(net, images, min_score, out)
+
+    @classmethod
+    def model_table(cls, pattern: str | None = None) -> list[dict[str, Any]]:
+        import fnmatch
+
+        from .model import DETECTORS, detector_macs_params
+
+        rows = []
+        for name in sorted(n for n in DETECTORS if fnmatch.fnmatch(n, pattern or "*")):
+            with torch.device("meta"):  # shapes only, as the classifiers' rows
+                det = build_detector(name, COCO_CLASSES)
+                macs, params = detector_macs_params(det)
+            backbone = det.spec.backbone
+            rows.append({"name": name, "task": cls.name, "family": "ssdlite", "input": det.spec.resolution,
+                         "params_m": params / 1e6, "macs_m": macs / 1e6, "paper_macs_m": None, "paper_params_m": None,
+                         "paper_top1": None, "timm_top1": None, "backbone": backbone.get("name") if isinstance(backbone, dict) else str(backbone),
+                         "pretrained": False, "hub_id": None})
+        return rows
+
+    @classmethod
+    def exporter(cls, net: nn.Module):
+        from .export import DetectorExport
+
+        return DetectorExport(net)
 
     def setup(self, trainer) -> None:
         c = self.c

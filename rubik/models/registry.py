@@ -169,12 +169,19 @@ def get_spec(model: str | dict | Path | ModelSpec) -> ModelSpec:
     text = str(model)
     if text in MODELS:
         return MODELS[text]
-    if text.endswith(".json") or Path(text).is_file():
+    if text.endswith(".json") or _is_file(text):
         data = read_spec_file(text)
         return ModelSpec.from_dict(data.get("model", data))
     close = difflib.get_close_matches(text, list(MODELS), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "run `rubik models` for the list"
     raise UnknownModelError(f"unknown model {text!r}: {hint}")
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # not a path at all (too long for one, say): a model name that is unknown
+        return False
 
 
 def build(spec: ModelSpec, num_classes: int = 1000, **kwargs: Any) -> nn.Module:

@@ -10,6 +10,7 @@ The trainer never asks which task it runs: a new task is a new subclass and a ro
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -32,6 +33,26 @@ class Result(Protocol):
 
     metrics: dict[str, float]
     loss: float  # NaN where the task computes none
+
+
+@dataclass
+class Evaluation:
+    """A trained model scored on a data set (`rubik eval`, `Run.evaluate`): the task's metrics, in percent."""
+
+    metrics: dict[str, float]  # the task's metric keys, in order ("top1", "top5" or "map", "map50")
+    images: int
+    loss: float  # NaN where the task computes none
+    per_class: dict[str, float]  # class name -> the per-class score (NaN: no images or boxes of it)
+    per_class_label: str  # what per_class holds: "accuracy", "AP"
+    data: str  # what was scored
+    model: str = ""  # the model's name
+    confusion: Any = None  # a classifier's [true, predicted] counts
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the metrics, the loss where there is one, the images and the per-class scores."""
+        loss = {} if math.isnan(self.loss) else {"loss": self.loss}
+        per_class = "per_class" if self.per_class_label == "accuracy" else f"per_class_{self.per_class_label.lower()}"
+        return {**self.metrics, **loss, "images": self.images, per_class: self.per_class, "data": self.data}
 
 
 @dataclass
@@ -96,6 +117,48 @@ class Task(ABC):
     @abstractmethod
     def build_from_record(cls, record: RunRecord) -> nn.Module:
         """The model a run's record (model.json) describes, with fresh weights and `.classes` set."""
+
+    # ---- what the commands and the Python API ask of a model, trained or not ----
+
+    @classmethod
+    @abstractmethod
+    def create(cls, model: Any, num_classes: int | None = None, pretrained: bool = False,
+               weights: str | None = None) -> nn.Module:
+        """A model of this task by name or spec (`rubik.create_model`), with official or given weights."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, weights: Any, model: Any = None) -> nn.Module:
+        """A trained model in eval mode from a run directory, or from a weights file and the model it is for."""
+
+    @classmethod
+    @abstractmethod
+    def evaluate_model(cls, net: nn.Module, data: str, **kw: Any) -> Evaluation:
+        """`net` scored on the images of `data` it was not trained on. `kw`: resolution, batch_size, workers,
+        strict."""
+
+    @classmethod
+    @abstractmethod
+    def predict(cls, net: nn.Module, images: list, **kw: Any) -> list[dict[str, Any]]:
+        """What `net` sees in each image file (classes, boxes), as JSON-ready dicts."""
+
+    @classmethod
+    @abstractmethod
+    def model_table(cls, pattern: str | None = None) -> list[dict[str, Any]]:
+        """`rubik models` rows of this task's named models matching the shell-style `pattern`."""
+
+    @classmethod
+    def profile(cls, net: nn.Module, resolution: int | None = None, measure_latency: bool = True, threads: int = 1,
+                runs: int = 50):
+        """Parameters, MACs, peak activations and latency of `net` (`rubik.profile.Profile`)."""
+        from ..profile import profile
+
+        return profile(net, resolution, measure_latency=measure_latency, threads=threads, runs=runs)
+
+    @classmethod
+    @abstractmethod
+    def exporter(cls, net: nn.Module) -> Any:
+        """The task's part of the export pipeline (`rubik.deploy.pipeline.TaskExport`) for `net`."""
 
     # ---- what the trainer asks ----
 

@@ -11,52 +11,30 @@ from pathlib import Path
 
 
 def _storage(args: argparse.Namespace, heartbeat: int = 10):
-    from .study import open_storage
+    from ..search.study import open_storage
 
     return open_storage(args.storage, heartbeat)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    import torch
-
+    from ..api import search
     from ..errors import RubikError
-    from ..train.recipes import parse_overrides
-    from .study import SearchSettings, base_spec, create_or_join, run_worker, settings_of, training_config
 
     if not args.study:
         raise RubikError("give a subcommand (run, fit, plot, show) or run a study with --study NAME "
                          "(rerun the same command to resume it); see rubik search --help")
-    if args.heartbeat < 1:
-        raise RubikError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = SearchSettings(base=args.base, base_resolution=args.base_resolution, budgets=args.budget,
-                              r_range=args.r_range, d_range=args.d_range, epochs=args.epochs, seed=args.seed,
-                              recipe=args.recipe, batch_size=args.batch_size, overrides=parse_overrides(args.set or []),
-                              references=args.references, data=args.data, latency=args.latency)
-    if args.lr is not None:
-        settings.overrides["lr"] = args.lr
-    from ..train.data import class_count
-
-    settings.num_classes = class_count(args.data)  # budgets count the head the trials train (resolves --data)
-    training_config(settings, base_spec(settings), args.data, args.workers)  # bad --set keys fail before any trial
-    storage = _storage(args, args.heartbeat)
-    study = create_or_join(args.study, settings, args.trials, storage)
-    out = Path(args.out) if args.out else Path("runs") / "search" / args.study
-    print(f"study {args.study} in {storage.url}: {len(study.trials)} trials recorded; trial runs under {out}",
-          flush=True)
-    done = run_worker(study, settings_of(study), args.data, out, workers=args.workers,
-                      log=lambda line: print(line, flush=True), storage_wait=args.storage_wait, progress=None)
-    from .front import summary
-
-    ran = sum(o.state == "COMPLETE" for o in done)
-    print(f"this worker completed {ran} trial(s); {summary(study)}")
+    options = {k: getattr(args, k) for k in ("base", "base_resolution", "budget", "trials", "epochs", "r_range",
+                                             "d_range", "references", "seed", "recipe", "batch_size", "lr", "latency",
+                                             "out", "workers", "threads", "heartbeat", "storage", "storage_wait")}
+    result = search(args.study, data=args.data, set=args.set or [], log=lambda line: print(line, flush=True),
+                    **options)
+    print(f"this worker completed {result['completed']} trial(s); {result['summary']}")
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from ..cube.formula import TinyFormula
-    from .front import beside_paper, fit_formula, save_formula
-    from .study import load_study, settings_of
+    from ..search.front import beside_paper, fit_formula, save_formula
+    from ..search.study import load_study, settings_of
 
     storage = _storage(args)
     study = load_study(args.study, storage)
@@ -82,8 +60,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from .plots import plot_study
-    from .study import load_study
+    from ..search.plots import plot_study
+    from ..search.study import load_study
 
     study = load_study(args.study, _storage(args))
     out = Path(args.out) if args.out else Path("runs") / "search" / args.study / "plots"
@@ -92,8 +70,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from .front import progress, progress_lines, rows
-    from .study import load_study
+    from ..search.front import progress, progress_lines, rows
+    from ..search.study import load_study
 
     study = load_study(args.study, _storage(args))
     table = rows(study)

@@ -1,14 +1,14 @@
-"""`rubik eval` and `rubik predict` for detector runs (rubik/train/cli.py hands them over)."""
+"""A trained detector at work: load it, find the boxes of images (and draw them), score it with COCO mAP."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
+from typing import Any
 
 from ..errors import RubikError
 from ..run import locate_weights
+from ..train.task import Evaluation
 
 
 def load_detector(weights: str | Path, model=None):
@@ -94,37 +94,30 @@ def draw_boxes(image, detections, names: list[str], out: Path) -> Path:
     return out
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    from PIL import Image
+def predict_detector(net, images: list[str | Path], min_score: float = 0.3,
+                     out: str | Path | None = None) -> list[dict[str, Any]]:
+    """[{"image", "out", "boxes": [{"class", "score", "box"}]}] of image files, each saved with its boxes drawn
+    (to `out` for one image, else IMAGE_boxes.png in the working folder)."""
+    from ..classify.infer import read_images
 
-    net = load_detector(args.weights, args.model)
     names = net.classes or [str(i + 1) for i in range(net.num_object_classes)]
-    if args.out and len(args.images) > 1:
+    if out and len(images) > 1:
         raise RubikError("-o names one output image: give one IMAGE, or leave -o out (IMAGE_boxes.png each)")
     results = []
-    for path in args.images:
-        try:
-            with Image.open(path) as f:
-                image = f.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:
-            raise RubikError(f"cannot read image {path} ({type(e).__name__}); give a JPEG/PNG file") from None
-        dets = detect_image(net, image, args.min_score)
-        out = Path(args.out) if args.out else Path(f"{Path(path).stem}_boxes.png")
-        if out.resolve() == Path(path).resolve():
-            raise RubikError(f"-o {out} is the input image; choose another file name")
-        draw_boxes(image, dets, names, out)
-        results.append({"image": path, "out": str(out), "boxes": [
+    for path, image in zip(images, read_images(images), strict=True):
+        drawn = Path(out) if out else Path(f"{Path(path).stem}_boxes.png")
+        if drawn.resolve() == Path(path).resolve():
+            raise RubikError(f"-o {drawn} is the input image; choose another file name")
+        dets = detect_image(net, image, min_score)
+        draw_boxes(image, dets, names, drawn)
+        results.append({"image": str(path), "out": str(drawn), "boxes": [
             {"class": names[lab - 1], "score": round(s, 4), "box": [round(v, 1) for v in b]} for b, s, lab in dets]})
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for r in results:
-        print(f"{r['image']}: {len(r['boxes'])} boxes with score >= {args.min_score} -> {r['out']}")
-        for b in r["boxes"]:
-            print(f"  {b['class']:<12} {b['score']:.2f}  {b['box']}")
+    return results
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def evaluate_on(net, data: str, *, resolution: int | None = None, batch_size: int = 32, workers: int = 0,
+                strict: bool = False) -> Evaluation:
+    """COCO mAP@[.5:.95], mAP@.5 and per-class AP (pycocotools) on the data's validation images."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -132,29 +125,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .data import collate, eval_transform, open_detection_data
     from .evaluate import evaluate_detector
 
-    net = load_detector(args.weights, args.model)
-    if args.resolution:
+    if resolution:
         from dataclasses import replace
 
-        net.spec = replace(net.spec, resolution=args.resolution)
-        net.transform.fixed_size = (args.resolution, args.resolution)
-    data = open_detection_data(args.data, strict=args.strict, classes=net.classes, split="val")
-    if net.classes is not None and list(net.classes) != list(data.classes):
-        raise RubikError(f"the data's classes {data.classes[:4]}... differ from the model's {net.classes[:4]}...; "
-                         "evaluate on data with the classes the model was trained on")
-    loader = DataLoader(Transformed(data.val, eval_transform(net.spec.resolution)), batch_size=args.batch_size,
-                        num_workers=args.workers, collate_fn=collate)
+        net.spec = replace(net.spec, resolution=resolution)
+        net.transform.fixed_size = (resolution, resolution)
+    data_set = open_detection_data(data, strict=strict, classes=net.classes, split="val")
+    if net.classes is not None and list(net.classes) != list(data_set.classes):
+        raise RubikError(f"the data's classes {data_set.classes[:4]}... differ from the model's "
+                         f"{net.classes[:4]}...; evaluate on data with the classes the model was trained on")
+    loader = DataLoader(Transformed(data_set.val, eval_transform(net.spec.resolution)), batch_size=batch_size,
+                        num_workers=workers, collate_fn=collate)
     try:
-        result = evaluate_detector(net, loader, data.val.samples, data.classes, torch.device("cpu"))
+        result = evaluate_detector(net, loader, data_set.val.samples, data_set.classes, torch.device("cpu"))
     except RubikError as e:
         raise worker_error(e) from None
-    if args.json:
-        print(json.dumps({"map": result.map, "map50": result.map50, "images": result.count,
-                          "per_class_ap": dict(zip(data.classes, result.per_class, strict=True)),
-                          "data": data.description}, indent=2))
-        return
-    print(f"{data.description}")
-    print(f"{result.count} images: mAP@[.5:.95] {result.map:.2f}  mAP@.5 {result.map50:.2f}  (COCO, pycocotools)")
-    width = max(len(c) for c in data.classes)
-    for name, ap in zip(data.classes, result.per_class, strict=True):
-        print(f"  {name:<{width}}  AP {'-' if math.isnan(ap) else f'{ap:6.2f}'}")
+    return Evaluation(result.metrics, result.count, math.nan, dict(zip(data_set.classes, result.per_class,
+                                                                         strict=True)), "AP", data_set.description,
+                      net.spec.name)

@@ -1,0 +1,7 @@
+"""`python -m rubik.cli`: the `rubik` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
