@@ -117,7 +117,7 @@ def test_predict_draws_named_boxes(trained, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)[0]
     # The CLI's boxes are exactly the detector's own with score >= --min-score, named by class (the
     # detector keeps boxes down to 0.001: the flag must have dropped some).
-    from rubik.detect.cli import detect_image, load_detector
+    from rubik.detect.infer import detect_image, load_detector
 
     det = load_detector(trained)
     everything = detect_image(det, Image.open(image_path).convert("RGB"))
@@ -131,7 +131,7 @@ def test_predict_draws_named_boxes(trained, tmp_path, capsys):
 def test_export_verified_and_torch_free_detector(trained, tmp_path, capsys):
     from PIL import Image
 
-    from rubik.detect.cli import detect_image, load_detector
+    from rubik.detect.infer import detect_image, load_detector
     from rubik.detect.data import open_detection_data
 
     onnx_path = tmp_path / "det.onnx"
@@ -176,6 +176,33 @@ def test_int8_export_keeps_the_boxes(trained, tmp_path, capsys):
     best = json.loads((trained / "best.json").read_text())
     assert fp32.map == pytest.approx(best["map"], abs=2.0) and fp32.count == len(val)
     assert int8.map > fp32.map - 5
+
+
+def test_executorch_export_detects_as_the_onnx_file(trained, tmp_path, capsys):
+    """`rubik export --format executorch` of a detector run: fp32 verified box by box against PyTorch, int8 checked
+    on held-out images; `Detector("det.pte")` decodes the same boxes as `Detector("det.onnx")`."""
+    pytest.importorskip("executorch")
+    from rubik.deploy.runtime import Detector
+    from rubik.detect.data import open_detection_data
+
+    pte, onnx_path = tmp_path / "det.pte", tmp_path / "det.onnx"
+    assert main(["export", "--weights", str(trained), "-o", str(onnx_path)]) == 0
+    assert main(["export", "--weights", str(trained), "--format", "executorch", "-o", str(pte)]) == 0
+    text = capsys.readouterr().out
+    assert "ExecuTorch vs PyTorch" in text and "PyTorch boxes reproduced by the runtime" in text
+    image = open_detection_data(DATA).val.load_image(5)
+    a, b = Detector(onnx_path), Detector(pte)
+    assert b.precision == "fp32" and b.classes == a.classes == ["0", "1"]
+    ref, got = a.detect(image, 0.2), b.detect(image, 0.2)
+    assert ref and len(got) == len(ref)
+    for r in ref:  # matched by content: boxes that tie on score may come in either order
+        assert any(g["label"] == r["label"] and g["score"] == pytest.approx(r["score"], abs=1e-4)
+                   and g["box"] == pytest.approx(r["box"], abs=1e-2) for g in got), r
+    int8 = tmp_path / "det8.pte"
+    assert main(["export", "--weights", str(trained), "--format", "executorch", "-o", str(int8), "--int8",
+                 "--calib", DATA, "--calib-n", "32"]) == 0
+    agree = float(capsys.readouterr().out.split("it finds ")[1].split("%")[0])
+    assert agree >= 80 and Detector(int8).precision == "int8" and (tmp_path / "det8.fp32.pte").is_file()
 
 
 def test_resume_is_bitwise_exact(tmp_path):
