@@ -343,7 +343,7 @@ def export(model: Any = None, output: str | Path | None = None, *, weights: str 
            log: Callable[[str], None] | None = None, **flags: Any):
     """`rubik export`: a model (a run directory, a model object, or a name with `weights`, `pretrained` or
     `random_init`) -> the verified file `output` (ONNX, ExecuTorch .pte or ncnn; int8 with `int8=True,
-    calib=...`). Returns the ExportResult (`.path`, `.files`, `.verification`, `.int8_check`, `.report`)."""
+    calib=...`). Returns the ExportResult (`.path`, `.files`, `.verification`, `.int8` with `.drop`, `.report`)."""
     from .deploy.pipeline import export as export_file
 
     if output is None:
