@@ -36,6 +36,12 @@ def _model_arg(model: Any) -> Any:
     return getattr(model, "spec", model) if hasattr(model, "macs") else model
 
 
+def _architecture(model: Any) -> Any:
+    """The architecture a model argument names: a run directory's spec (its model.json), else the argument."""
+    model = _model_arg(model)
+    return RunDir(model).record.model if _is_run(model) else model
+
+
 def _is_run(model: Any) -> bool:
     return isinstance(model, (str, Path)) and RunDir(model).is_run()
 
@@ -127,7 +133,7 @@ def twist(base: Any = "efficientnet_b0", *, flops: str | float | None = None, ra
 
     budget = budget_of(flops, ratio, latency)
     measure = latency_function(runtime) if budget.kind == "latency" or measure_latency else None
-    twister, result = twist_spec(_model_arg(base), budget, method, formula, measure, name, base_resolution)
+    twister, result = twist_spec(_architecture(base), budget, method, formula, measure, name, base_resolution)
     result.twister, result.budget = twister, budget
     result.base_latency_ms = None
     if measure_latency:
@@ -159,7 +165,7 @@ def _config_values(model: Any, data: Any, set: list[str] | dict | None, options:
             raise RubikError(f"unknown training option {key!r}" + (f"; did you mean {close[0]!r}?" if close else
                                                                    "; `rubik train --print-config` lists them"))
     values = {k: v for k, v in options.items() if v is not None}
-    model = _model_arg(model)
+    model = _architecture(model)  # a run directory: its architecture, fresh weights (--init RUN for its weights)
     if model is not None:
         values["model"] = model.to_dict() if hasattr(model, "to_dict") else str(model) if isinstance(model, Path) \
             else model

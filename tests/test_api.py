@@ -96,3 +96,12 @@ def test_detector_train_evaluate_predict_export(tmp_path, digits_png):
 
     boxes = Detector(result.path).detect(np.zeros((64, 64, 3), np.uint8))
     assert isinstance(boxes, list)
+
+
+def test_twist_and_train_take_a_run_directory_as_the_architecture(classifier_run):
+    record = classifier_run.record
+    twisted = rubik.twist(classifier_run.path, ratio=0.5)
+    assert twisted.base.name == record.model["name"] and abs(twisted.error) < 0.01
+    assert rubik.train_config(classifier_run.path).model == record.model
+    with pytest.raises(rubik.RubikError, match="did you mean 'epochs'"):
+        rubik.train(classifier_run.path, epoch=3)
