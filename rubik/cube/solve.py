@@ -70,30 +70,42 @@ def solve_width(spec: ModelSpec, target_macs: float, tolerance: float = 1e-3, nu
 
 
 def solve(spec: ModelSpec, target_macs: float, max_error: float = 0.01, max_resolution_change: float = 0.06,
-          num_classes: int = 1000, cost: Callable[[ModelSpec], int] | None = None,
-          resolution_step: int = 1) -> tuple[ModelSpec, int]:
+          num_classes: int = 1000, cost: Callable[[ModelSpec], int] | None = None, resolution_step: int = 1,
+          max_depth_change: float = 0.0) -> tuple[ModelSpec, int]:
     """Width for the target; where channel steps leave it more than `max_error` off, resolution too.
 
     MACs move in steps with width (the first stage going from 8 to 16 channels adds 13 % to a
     TinyNet-C-sized model) and with resolution (strided feature maps round up, so 192 -> 193 px
     adds a row and column to the last stages: 17 %). Resolutions nearest the formula's are tried
     in turn, each with its own width, until one lands within `max_error`; resolutions stay multiples of
-    `resolution_step` away from the formula's (at least one step either side). `cost`: as `solve_width`.
+    `resolution_step` away from the formula's (at least one step either side). Where coarse steps leave
+    no resolution within it (a detector's 32 px), depths within `max_depth_change` of the formula's are
+    tried next (each adds or drops a block somewhere). `cost`: as `solve_width`.
     """
     bracket = solve_width(spec, target_macs, num_classes=num_classes, cost=cost)
     best_spec, best = min(bracket, key=lambda sm: abs(sm[1] - target_macs))
-    limit = max(1, round(spec.resolution * max_resolution_change / resolution_step))
-    for offset in sorted(range(-limit * resolution_step, limit * resolution_step + 1, resolution_step), key=abs)[1:]:
+    for candidate in _neighbours(spec, max_resolution_change, resolution_step, max_depth_change):
         if abs(best / target_macs - 1) <= max_error:
             break
-        resolution = spec.resolution + offset
-        if resolution < MIN_RESOLUTION:
-            continue
         try:
-            bracket = solve_width(replace(spec, resolution=resolution), target_macs, num_classes=num_classes, cost=cost)
+            bracket = solve_width(candidate, target_macs, num_classes=num_classes, cost=cost)
         except InfeasibleBudget:
             continue
         cand_spec, cand = min(bracket, key=lambda sm: abs(sm[1] - target_macs))
         if abs(cand - target_macs) < abs(best - target_macs):
             best_spec, best = cand_spec, cand
     return best_spec, best
+
+
+DEPTH_STEP = 0.02  # relative: the grid of depths `solve` tries around the formula's
+
+
+def _neighbours(spec: ModelSpec, max_resolution_change: float, resolution_step: int, max_depth_change: float):
+    """The specs `solve` tries after the formula's, nearest first: other resolutions, then other depths."""
+    limit = max(1, round(spec.resolution * max_resolution_change / resolution_step))
+    for offset in sorted(range(-limit * resolution_step, limit * resolution_step + 1, resolution_step), key=abs)[1:]:
+        if spec.resolution + offset >= MIN_RESOLUTION:
+            yield replace(spec, resolution=spec.resolution + offset)
+    steps = round(max_depth_change / DEPTH_STEP)
+    for k in sorted(range(-steps, steps + 1), key=abs)[1:]:
+        yield replace(spec, depth=spec.depth * (1 + k * DEPTH_STEP))

@@ -98,13 +98,14 @@ class Twister:
     """Twists one base model with one formula; caches the base's MACs and the formula's fit.
 
     `cost(spec)`: the MACs that must meet the budget (default: the model's, as a 1000-way classifier); ratios
-    are to the base's cost. `resolution_step`: twisted resolutions are multiples of it. `label`: the base's
-    name in messages.
+    are to the base's cost. `resolution_step`: twisted resolutions are multiples of it; `max_depth_change`: how far
+    (relative) `solve` may move the formula's depth where coarse resolution steps miss the budget. `label`: the
+    base's name in messages.
     """
 
     def __init__(self, base: str | ModelSpec = "efficientnet_b0", method: str = "tiny",
                  formula: TinyFormula | str | None = None, cost: Callable[[ModelSpec], int] | None = None,
-                 resolution_step: int = 1, label: str | None = None):
+                 resolution_step: int = 1, max_depth_change: float = 0.0, label: str | None = None):
         if method not in METHODS:
             raise RubikError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.base = get_spec(base)
@@ -119,9 +120,10 @@ class Twister:
         else:  # the family's own formula unless the user gives one
             self.formula = TinyFormula.load(formula) if formula else TinyFormula.builtin(self.family.formula)
         self.cost = cost or macs_of
-        self.resolution_step = resolution_step
+        self.resolution_step, self.max_depth_change = resolution_step, max_depth_change
         self.label = label or self.base.name
         self.base_macs = self.cost(self.base)
+        self._feasible: tuple[float, float] | None = None
 
     def twist_rules(self):
         """The rules twisted models are built with: the base's, with the tiny formula's where the family takes them."""
@@ -148,7 +150,12 @@ class Twister:
         return self.cost(replace(spec, width=WIDTH_RANGE[0]))
 
     def feasible_range(self) -> tuple[float, float]:
-        """(smallest, largest) MACs this base and formula can be twisted to."""
+        """(smallest, largest) MACs this base and formula can be twisted to (found once: 40 costs counted)."""
+        if self._feasible is None:
+            self._feasible = self._find_range()
+        return self._feasible
+
+    def _find_range(self) -> tuple[float, float]:
         lo, hi = 1e-4, 1.0  # bisection on ln c for the smallest c whose narrowest model fits under c x base
         if self._smallest_macs(hi) > self.base_macs:
             return self.base_macs, self.base_macs
@@ -174,7 +181,8 @@ class Twister:
             raise self._range_error(f"{target_macs / 1e6:.1f} M MACs", hint)
         spec, pred, phi = self._start(c)
         try:
-            spec, macs = solve(spec, target_macs, cost=self.cost, resolution_step=self.resolution_step)
+            spec, macs = solve(spec, target_macs, cost=self.cost, resolution_step=self.resolution_step,
+                               max_depth_change=self.max_depth_change)
         except InfeasibleBudget:
             raise self._range_error(f"{target_macs / 1e6:.1f} M MACs") from None
         name = name or f"{self.base.name}_{self.method}_{target_macs / 1e6:.0f}m"

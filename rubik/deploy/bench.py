@@ -66,18 +66,18 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def realistic_batchnorm(model: torch.nn.Module, n: int = 32, seed: int = 0) -> torch.nn.Module:
+def realistic_batchnorm(model: torch.nn.Module, n: int = 32, seed: int = 0, preprocess=None) -> torch.nn.Module:
     """Give a randomly initialised model BatchNorm statistics measured on real photos, in place.
 
     Why: at initialisation, BatchNorm in eval mode is the identity and activations shrink layer after
     layer (logits ~1e-13 for tinynet_e), into subnormal floats that the CPU computes many times slower,
     so float timings would depend on the luck of the weights. Measured statistics give the activation
-    scale of a trained model; the weights stay random.
+    scale of a trained model; the weights stay random. `preprocess`: the photos' (default: the model spec's).
     """
     from .export import preprocess_of
     from .images import sample_photos
 
-    x = torch.from_numpy(preprocess_of(model)(sample_photos(n, seed)))
+    x = torch.from_numpy((preprocess or preprocess_of(model))(sample_photos(n, seed)))
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
@@ -127,29 +127,58 @@ def _plain_ort_runner(model: torch.nn.Module, path: Path, x: np.ndarray):
     return lambda: session.run(None, {name: x})
 
 
-def spec_latency(runtime: str, runs: int = 50) -> Callable:
+def _network_graph(spec, layout: str | None):
+    """A rubik network's export graph, random weights."""
+    from ..models import build
+    from .export import network_graph
+
+    return network_graph(build(spec).eval(), layout=layout)
+
+
+def spec_latency(runtime: str, runs: int = 50, graph: Callable | None = None, int8: bool = False,
+                 calib_n: int = 32) -> Callable:
     """A function spec -> median ms (batch 1, one thread) of the model as `rubik export` writes it in `runtime`
-    ("onnxruntime" or "executorch"), random weights: what `rubik twist --latency --runtime R` bisects on."""
+    ("onnxruntime" or "executorch"), int8 when asked (calibrated on `calib_n` sample photos), random weights
+    with measured BatchNorm statistics: what `rubik twist --latency --runtime R` bisects on.
+
+    `graph(spec, layout)`: the export graph of a spec's model (default: a rubik network's); another task passes
+    its own (a detector's: rubik.detect.twist.latency_graph)."""
     if runtime not in ("onnxruntime", "executorch"):
         raise RubikError(f"unknown runtime {runtime!r}; choose torch, onnxruntime or executorch")
+    graph = graph or _network_graph
 
     def measure(spec) -> float:
-        from ..models import build
-
         with tempfile.TemporaryDirectory(prefix="rubik-latency-") as tmp:
-            model = build(spec).eval()
-            x = np.random.default_rng(0).standard_normal((1, 3, spec.resolution, spec.resolution), dtype=np.float32)
-            if runtime == "onnxruntime":
-                from .export import export_onnx
-
-                fn = _ort_runner(export_onnx(model, Path(tmp) / "candidate.onnx"), x, 1)
-            else:
-                from .executorch import export_executorch
-
-                fn = _et_runner(export_executorch(model, Path(tmp) / "candidate.pte").path, x, 1)
+            path = _latency_file(graph, spec, runtime, int8, calib_n, Path(tmp))
+            r = spec.resolution
+            x = np.random.default_rng(0).standard_normal((1, 3, r, r), dtype=np.float32)
+            fn = (_ort_runner if runtime == "onnxruntime" else _et_runner)(path, x, 1)
             return statistics.median(time_interleaved({"m": fn}, runs=runs)["m"])
 
     return measure
+
+
+def _latency_file(graph: Callable, spec, runtime: str, int8: bool, calib_n: int, folder: Path) -> Path:
+    """The file `rubik export` would write for the spec's model (int8: its calibrated file) in `folder`."""
+    from .images import sample_photos
+
+    images = sample_photos(calib_n) if int8 else None
+    layout = None if runtime == "executorch" else "int8" if int8 else "fp32"  # the Ghost layout is ORT's
+    g = graph(spec, layout)
+    realistic_batchnorm(g.module, preprocess=g.preprocess)
+    if runtime == "executorch":
+        from .executorch import write_pte
+
+        return write_pte(g, folder / "candidate.pte", calib_images=images, calib_n=calib_n).path
+    from .export import write_onnx
+
+    fp32 = write_onnx(g, folder / "candidate.onnx")
+    if not int8:
+        return fp32
+    from .quantize import quantize_int8
+
+    quantize_int8(fp32, images, folder / "candidate.int8.onnx", calib_n=calib_n, log=lambda line: None)
+    return folder / "candidate.int8.onnx"
 
 
 def _file_paths(path: Path, batch: int, threads: int) -> tuple[str, int | None, dict[str, Callable]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -125,18 +125,26 @@ def _named() -> dict[str, dict[str, Any]]:
 DETECTORS: dict[str, dict[str, Any]] = _named()
 
 
+def spec_fields(data: Any) -> Any:
+    """The detector spec in a spec dict: a twisted detector's {"model": SPEC, "twist": ...} (rubik.detect.twist)
+    holds it under "model", as a twisted classifier's file does."""
+    if isinstance(data, dict) and "detector" not in data and isinstance(data.get("model"), dict):
+        return data["model"]
+    return data
+
+
 def is_detector(model: Any) -> bool:
     """True for a detector name, an `ssdlite:` string, a DetectorSpec, or a dict/JSON file with "detector"."""
     if isinstance(model, DetectorSpec):
         return True
     if isinstance(model, dict):
-        return "detector" in model or "task" in model and model.get("task") == "detect"
+        return "detector" in spec_fields(model) or "task" in model and model.get("task") == "detect"
     text = str(model)
     if text in DETECTORS or text.startswith(PREFIX):
         return True
     if text.endswith(".json") and Path(text).is_file():
         try:
-            return "detector" in json.loads(Path(text).read_text())
+            return "detector" in spec_fields(json.loads(Path(text).read_text()))
         except (json.JSONDecodeError, OSError, TypeError):
             return False
     return False
@@ -147,7 +155,7 @@ def get_detector_spec(model: Any, resolution: int | None = None) -> DetectorSpec
     if isinstance(model, DetectorSpec):
         spec = model
     elif isinstance(model, dict):
-        spec = DetectorSpec.from_dict(model)
+        spec = DetectorSpec.from_dict(spec_fields(model))
     else:
         text = str(model)
         if text in DETECTORS:
@@ -158,7 +166,7 @@ def get_detector_spec(model: Any, resolution: int | None = None) -> DetectorSpec
                 raise RubikError("ssdlite: needs a backbone, e.g. --model ssdlite:tinynet_e or ssdlite:SPEC.json")
             spec = DetectorSpec.from_dict({"backbone": backbone})
         elif text.endswith(".json"):
-            spec = DetectorSpec.from_dict(read_spec_file(text, "detector spec"))
+            spec = DetectorSpec.from_dict(spec_fields(read_spec_file(text, "detector spec")))
         else:
             import difflib
 
@@ -383,24 +391,55 @@ def build_detector(model: Any, num_classes: int, *, pretrained: bool = False,
     return det
 
 
+class _Core(nn.Module):
+    """Backbone + extra layers + head of a detector: what its cost counts (no resizing, decoding or NMS)."""
+
+    def __init__(self, det: nn.Module):
+        super().__init__()
+        self.backbone, self.head = det.backbone, det.head
+
+    def forward(self, x):
+        return self.head(list(self.backbone(x).values()))
+
+
 def detector_macs_params(det: nn.Module) -> tuple[int, int]:
     """MACs (convolutions and linear layers, as rubik counts) of backbone + extra layers + head, and params."""
-    from ..profile import count
+    from ..profile import count, count_params
+
+    core = _Core(det)
+    return count(core, det.spec.resolution)[0], count_params(core)
+
+
+class Part(NamedTuple):
+    """The cost of one part of a detector."""
+
+    macs: int
+    params: int
+    latency_ms: float | None = None  # eager PyTorch, batch 1, median on this machine
+
+
+PARTS = ("backbone", "extras", "head")
+
+
+def detector_parts(det: nn.Module, latency: bool = False, threads: int = 1, runs: int = 50) -> dict[str, Part]:
+    """MACs, params (and, with `latency`, CPU latency) of the backbone, the extra layers and the head: each the
+    cost of the detector cut after that part less the cut before it, so the parts add up to the whole
+    (`detector_macs_params`; the latencies to the whole detector's)."""
+    from ..profile import count, count_params
+    from ..profile import latency as eager_ms
 
     res = det.spec.resolution
-
-    class Core(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone, self.head = det.backbone, det.head
-
-        def forward(self, x):
-            return self.head(list(self.backbone(x).values()))
-
-    core = Core()
-    macs, _ = count(core, res)
-    return macs, sum(p.numel() for p in core.parameters())
+    features = det.backbone  # the body's taps, then the extra layers (rubik's, or torchvision's MobileNetV3 one)
+    cuts = [getattr(features, "body", None) or features.features, features, _Core(det)]
+    totals = [(count(m, res)[0], count_params(m), eager_ms(m, res, threads, runs=runs) if latency else None)
+              for m in cuts]
+    parts, before = {}, (0, 0, 0.0)
+    for name, total in zip(PARTS, totals, strict=True):
+        ms = None if total[2] is None else total[2] - before[2]
+        parts[name] = Part(total[0] - before[0], total[1] - before[1], ms)
+        before = total
+    return parts
 
 
-__all__ = ["DETECTORS", "DetectorSpec", "build_detector", "detector_macs_params", "from_scratch_init",
-           "get_detector_spec", "is_detector"]
+__all__ = ["DETECTORS", "DetectorSpec", "Part", "build_detector", "detector_macs_params", "detector_parts",
+           "from_scratch_init", "get_detector_spec", "is_detector"]
