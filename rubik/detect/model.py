@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from ..errors import RubikError
 from ..models.family import FeatureInfo, FeatureNet, FeatureTap
 from ..models.registry import FAMILIES, ModelSpec, get_spec
 from ..models.spec import read_spec_file
+from ..profile import Part
 
 TORCHVISION_MOBILENET = "torchvision:mobilenet_v3_large"
 PREFIX = "ssdlite:"
@@ -410,21 +411,13 @@ def detector_macs_params(det: nn.Module) -> tuple[int, int]:
     return count(core, det.spec.resolution)[0], count_params(core)
 
 
-class Part(NamedTuple):
-    """The cost of one part of a detector."""
-
-    macs: int
-    params: int
-    latency_ms: float | None = None  # eager PyTorch, batch 1, median on this machine
-
-
 PARTS = ("backbone", "extras", "head")
 
 
 def detector_parts(det: nn.Module, latency: bool = False, threads: int = 1, runs: int = 50) -> dict[str, Part]:
-    """MACs, params (and, with `latency`, CPU latency) of the backbone, the extra layers and the head: each the
-    cost of the detector cut after that part less the cut before it, so the parts add up to the whole
-    (`detector_macs_params`; the latencies to the whole detector's)."""
+    """MACs, params (and, with `latency`, eager CPU latency, batch 1) of the backbone, the extra layers and the
+    head: each the cost of the detector cut after that part less the cut before it, so the parts add up to the
+    whole (`detector_macs_params`; the latencies to the whole detector's)."""
     from ..profile import count, count_params
     from ..profile import latency as eager_ms
 
@@ -441,5 +434,5 @@ def detector_parts(det: nn.Module, latency: bool = False, threads: int = 1, runs
     return parts
 
 
-__all__ = ["DETECTORS", "DetectorSpec", "Part", "build_detector", "detector_macs_params", "detector_parts",
+__all__ = ["DETECTORS", "DetectorSpec", "build_detector", "detector_macs_params", "detector_parts",
            "from_scratch_init", "get_detector_spec", "is_detector"]

@@ -24,8 +24,8 @@ from ..cube.twist import Budget, Twister, TwistResult, meet
 from ..errors import RubikError
 from ..models import ModelSpec
 from .model import DetectorSpec, build_detector, detector_macs_params, get_detector_spec
+from .task import COCO_CLASSES
 
-COCO_CLASSES = 80
 RESOLUTION_STEP = 32  # the stride of the backbone's last map
 # With 32 px steps, width's channel steps (3 % and more in a narrow backbone) can leave every resolution near the
 # formula's over 1 % off the budget; depths within 10 % of the formula's then add or drop a block to land it.
