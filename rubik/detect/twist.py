@@ -44,12 +44,9 @@ class DetectorTwistResult(TwistResult):
     backbone: TwistResult | None = None
     num_classes: int = COCO_CLASSES
 
-    def __str__(self) -> str:
-        s, b = self.spec, self.backbone
-        ms = "" if self.latency_ms is None else f", {self.latency_ms:.2f} ms"
-        return (f"{s.name}: {s.resolution} px, backbone r={s.resolution / self.base.resolution:.3f} "
-                f"d={b.spec.depth / b.base.depth:.3f} w={b.spec.width / b.base.width:.3f}, {self.macs / 1e6:.1f} M "
-                f"MACs ({100 * self.error:+.2f} % of the target, {self.num_classes} classes){ms}")
+    def __str__(self) -> str:  # the backbone's line (its r, d, w; the detector's MACs), under the detector's name
+        line = replace(self.backbone, spec=replace(self.backbone.spec, name=self.spec.name), latency_ms=self.latency_ms)
+        return f"{line}; r, d, w of the backbone, MACs of the whole detector for {self.num_classes} classes"
 
     def to_dict(self) -> dict[str, Any]:
         """{"model": the detector spec, "twist": how it was made}: a JSON file of it is a `--model`."""
