@@ -182,3 +182,21 @@ def test_an_unknown_model_too_long_for_a_file_name_is_the_unknown_model_error():
 
     with pytest.raises(UnknownModelError, match="unknown model"):
         get_spec("x" * 5000)
+
+
+def test_drop_connect_draws_and_scales_as_torchvisions_stochastic_depth():
+    """rubik's DropConnect replaced torchvision's StochasticDepth('row'): the same random draws and scaling, so
+    seeded training is bitwise what it was."""
+    import torch
+    from torchvision.ops import StochasticDepth
+
+    from rubik.models.layers import DropConnect
+
+    x = torch.randn(64, 4, 3, 3)
+    torch.manual_seed(7)
+    ours = DropConnect(0.3).train()(x)
+    torch.manual_seed(7)
+    theirs = StochasticDepth(0.3, "row").train()(x)
+    assert torch.equal(ours, theirs)
+    assert 0 < int((ours == 0).all(dim=(1, 2, 3)).sum()) < 64  # some samples dropped, not all
+    assert torch.equal(DropConnect(0.3).eval()(x), x)
