@@ -92,6 +92,23 @@ class DetectionTask(Task):
         return rows
 
     @classmethod
+    def profile(cls, net: nn.Module, resolution: int | None = None, measure_latency: bool = True, threads: int = 1,
+                runs: int = 50):
+        """The cost of backbone + extra layers + head (what runs in the exported graph), split into those parts;
+        resizing, box decoding and NMS are not counted."""
+        from ..profile import Profile, count
+        from .model import _Core, detector_parts
+
+        res = net.spec.resolution
+        if resolution and resolution != res:
+            raise RubikError(f"a detector is profiled at its own input size ({res} px): drop --resolution, or "
+                             "profile a spec with that resolution")
+        parts = detector_parts(net, measure_latency, threads, runs)
+        ms = sum(p.latency_ms for p in parts.values()) if measure_latency else None
+        return Profile(res, sum(p.params for p in parts.values()), sum(p.macs for p in parts.values()),
+                       count(_Core(net), res)[1], ms, parts)
+
+    @classmethod
     def exporter(cls, net: nn.Module):
         from .export import DetectorExport
 
