@@ -104,44 +104,44 @@ def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
 # ---- twist ----------------------------------------------------------------------------------------
 
 
-def latency_function(runtime: str = "torch") -> Callable[[Any], float]:
-    """Milliseconds of a spec at batch 1 on one thread: PyTorch eager, or the file `rubik export` writes, on
-    ONNX Runtime or ExecuTorch (XNNPACK)."""
+def latency_function(runtime: str = "torch", int8: bool = False) -> Callable[[Any], float]:
+    """Milliseconds of a classifier spec at batch 1 on one thread: PyTorch eager, or the file `rubik export`
+    writes (int8 when asked), on ONNX Runtime or ExecuTorch (XNNPACK)."""
     if runtime == "torch":
+        if int8:
+            raise RubikError("int8 latency is measured on an exported file: add --runtime onnxruntime or executorch")
         from .models import build
         from .profile import deployed, latency
 
         return lambda spec: latency(deployed(build(spec)), spec.resolution, threads=1, runs=30)  # V3 folded
     from .deploy.bench import spec_latency
 
-    return spec_latency(runtime)
+    return spec_latency(runtime, int8=int8)
 
 
 def twist(base: Any = "efficientnet_b0", *, flops: str | float | None = None, ratio: float | None = None,
-          latency: str | float | None = None, runtime: str = "torch", method: str = "tiny",
-          formula: str | None = None, name: str | None = None, base_resolution: int = 0, out: str | Path | None = None,
-          measure_latency: bool = False):
+          latency: str | float | None = None, runtime: str = "torch", int8: bool = False, method: str = "tiny",
+          formula: str | None = None, name: str | None = None, base_resolution: int = 0,
+          num_classes: int | None = None, out: str | Path | None = None, measure_latency: bool = False):
     """The best (resolution, depth, width) of `base` for one budget: `flops` (MACs, "100M"), `ratio` (of the
-    base's MACs) or `latency` ("4ms", measured on `runtime`). Returns the twist result: `.spec` (train it:
-    `rubik.train(result, ...)`), `.macs`, `.error`, `.latency_ms`; `out` writes its spec JSON (a --model file)."""
-    import torch
-
+    base's MACs) or `latency` ("4ms", measured on `runtime`, int8 when asked). A detector base (ssdlite_*) twists
+    its backbone so that the whole detector (backbone, extra layers, head for `num_classes` classes, at its input
+    size, which follows r) meets the budget. Returns the twist result: `.spec` (train it: `rubik.train(result,
+    ...)`), `.macs`, `.error`, `.latency_ms`, `.params`; `out` writes its spec JSON (a --model file)."""
     from .cube.twist import budget_of
-    from .cube.twist import twist as twist_spec
-    from .models import build
-    from .profile import count_params, deployed
 
     budget = budget_of(flops, ratio, latency)
-    measure = latency_function(runtime) if budget.kind == "latency" or measure_latency else None
-    twister, result = twist_spec(_architecture(base), budget, method, formula, measure, name, base_resolution)
-    result.twister, result.budget = twister, budget
-    result.base_latency_ms = None
+    base = _architecture(base)
+    detector = task_for_model(base).name == "detect"
+    measure = None
+    if budget.kind == "latency" or measure_latency:
+        measure = _detector_latency(runtime, int8, num_classes) if detector else latency_function(runtime, int8)
+    twister, result = (_twist_detector if detector else _twist_classifier)(
+        base, budget, method, formula, measure, name, base_resolution, num_classes)
+    result.twister, result.budget, result.base_latency_ms = twister, budget, None
     if measure_latency:
         result.latency_ms = measure(result.spec) if result.latency_ms is None else result.latency_ms
         result.base_latency_ms = measure(twister.base)
-    with torch.device("meta"):  # as deployed (GhostNetV3 folded), like MACs
-        result.params = count_params(deployed(build(result.spec)))
-        result.base_params = count_params(deployed(build(twister.base)))
     if out:
         import json
 
@@ -149,6 +149,44 @@ def twist(base: Any = "efficientnet_b0", *, flops: str | float | None = None, ra
 
         atomic_write_text(Path(out), json.dumps(result.to_dict(), indent=2) + "\n")
     return result
+
+
+def _twist_classifier(base, budget, method, formula, measure, name, base_resolution, num_classes):
+    import torch
+
+    from .cube.twist import twist as twist_spec
+    from .models import build
+    from .profile import count_params, deployed
+
+    if num_classes is not None:
+        raise RubikError("num_classes is for detector bases (their head's MACs grow with it)")
+    twister, result = twist_spec(base, budget, method, formula, measure, name, base_resolution)
+    with torch.device("meta"):  # as deployed (GhostNetV3 folded), like MACs
+        result.params = count_params(deployed(build(result.spec)))
+        result.base_params = count_params(deployed(build(twister.base)))
+    return twister, result
+
+
+def _twist_detector(base, budget, method, formula, measure, name, base_resolution, num_classes):
+    import torch
+
+    from .detect.model import build_detector, detector_macs_params
+    from .detect.twist import COCO_CLASSES, twist_detector
+
+    classes = COCO_CLASSES if num_classes is None else num_classes
+    twister, result = twist_detector(base, budget, method, formula, measure, name, classes, base_resolution or None)
+    with torch.device("meta"):
+        result.params = detector_macs_params(build_detector(result.spec, classes))[1]
+        result.base_params = detector_macs_params(build_detector(twister.base, classes))[1]
+    return twister, result
+
+
+def _detector_latency(runtime: str, int8: bool, num_classes: int | None):
+    from .detect.twist import COCO_CLASSES, detector_latency
+
+    if runtime == "torch" and int8:
+        raise RubikError("int8 latency is measured on an exported file: add --runtime onnxruntime or executorch")
+    return detector_latency(runtime, COCO_CLASSES if num_classes is None else num_classes, int8)
 
 
 # ---- train ----------------------------------------------------------------------------------------

@@ -105,3 +105,16 @@ def test_twist_and_train_take_a_run_directory_as_the_architecture(classifier_run
     assert rubik.train_config(classifier_run.path).model == record.model
     with pytest.raises(rubik.RubikError, match="did you mean 'epochs'"):
         rubik.train(classifier_run.path, epoch=3)
+
+
+def test_twist_command_takes_a_detector_and_its_spec_is_a_model(tmp_path, capsys):
+    out = tmp_path / "det.json"
+    assert main(["twist", "--base", "ssdlite_tinynet_e", "--flops", "150M", "--no-latency", "--out", str(out),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert abs(printed["twist"]["macs"] / 150e6 - 1) < 0.01 and "detector" in printed["model"]
+    det = rubik.create_model(str(out), num_classes=80)  # the file is a --model, of the detection task
+    assert det.spec.name == printed["model"]["name"]
+    assert abs(rubik.profile(det, measure_latency=False).macs / 150e6 - 1) < 0.01
+    assert main(["twist", "--base", "ssdlite_tinynet_e", "--flops", "1M", "--no-latency"]) == 2
+    assert "M MACs" in capsys.readouterr().err  # the feasible range, in one line
