@@ -146,10 +146,10 @@ def main() -> None:
 
     from rubik.deploy.quantize import quantize_int8
     from rubik.deploy.runtime import Detector
-    from rubik.detect.infer import load_detector
     from rubik.detect.data import open_detection_data
     from rubik.detect.evaluate import evaluate_file
     from rubik.detect.export import export_detector
+    from rubik.detect.infer import load_detector
     from rubik.detect.model import detector_macs_params
     from rubik.timing import time_interleaved
 

@@ -7,9 +7,9 @@ names below then explain that they need it.
 """
 
 __version__ = "0.1.0"
-API = ["Run", "bench", "cam", "create_model", "evaluate", "export", "list_models", "load_model", "load_run",
-       "model_table", "predict", "profile", "search", "train", "train_config", "twist"]
-__all__ = ["ModelSpec", "Profile", "RubikError", *API]
+__all__ = ["ModelSpec", "Profile", "RubikError", "Run", "bench", "cam", "create_model", "evaluate", "export",
+           "list_models", "load_model", "load_run", "model_table", "predict", "profile", "search", "train",
+           "train_config", "twist"]
 
 from .errors import RubikError  # noqa: E402
 

@@ -131,8 +131,8 @@ def test_predict_draws_named_boxes(trained, tmp_path, capsys):
 def test_export_verified_and_torch_free_detector(trained, tmp_path, capsys):
     from PIL import Image
 
-    from rubik.detect.infer import detect_image, load_detector
     from rubik.detect.data import open_detection_data
+    from rubik.detect.infer import detect_image, load_detector
 
     onnx_path = tmp_path / "det.onnx"
     assert main(["export", "--weights", str(trained), "-o", str(onnx_path), "--images", DATA]) == 0

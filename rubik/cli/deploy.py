@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="latency of models on PyTorch eager, torch.compile, ORT fp32 and int8")
-    p.add_argument("targets", nargs="+", metavar="MODEL|FILE", help="named models, JSON specs, run directories, .onnx or .pte files")
+    p.add_argument("targets", nargs="+", metavar="MODEL|FILE",
+                   help="named models, JSON specs, run directories, .onnx or .pte files")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=100, help="timed rounds after 10 warm-up calls")

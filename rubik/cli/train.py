@@ -160,7 +160,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     _add_train(sub)
 
-    p = sub.add_parser("eval", help="a trained model's metrics on held-out images: top-1/top-5, per-class accuracy and a "
+    p = sub.add_parser("eval", help="a trained model's metrics on held-out images: top-1/top-5, per-class accuracy "
+                       "and a "
                        "confusion matrix, or a detector's COCO mAP and per-class AP")
     p.add_argument("--weights", required=True, help="a run directory (from rubik train) or a weights file")
     p.add_argument("--model", help="the architecture, for a bare weights file")

@@ -19,7 +19,6 @@ from .data import collate, eval_transform, open_detection_data, train_transform
 from .evaluate import DetectionResult, evaluate_detector
 from .model import build_detector, get_detector_spec, is_detector
 
-
 COCO_CLASSES = 80  # object classes of a detector made without a class count, as COCO's
 
 
@@ -87,7 +86,8 @@ class DetectionTask(Task):
             backbone = det.spec.backbone
             rows.append({"name": name, "task": cls.name, "family": "ssdlite", "input": det.spec.resolution,
                          "params_m": params / 1e6, "macs_m": macs / 1e6, "paper_macs_m": None, "paper_params_m": None,
-                         "paper_top1": None, "timm_top1": None, "backbone": backbone.get("name") if isinstance(backbone, dict) else str(backbone),
+                         "paper_top1": None, "timm_top1": None,
+                         "backbone": backbone.get("name") if isinstance(backbone, dict) else str(backbone),
                          "pretrained": False, "hub_id": None})
         return rows
 

@@ -23,8 +23,7 @@ def run_study(study: str, *, base: str = "efficientnet_b0", base_resolution: int
     from ..train.data import class_count
     from ..train.recipes import parse_overrides
     from .front import summary
-    from .study import SearchSettings, base_spec, create_or_join, open_storage, run_worker, settings_of, \
-        training_config
+    from .study import SearchSettings, base_spec, create_or_join, open_storage, run_worker, settings_of, training_config
 
     say = log or (lambda line: None)
     if heartbeat < 1:
