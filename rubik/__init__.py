@@ -23,12 +23,10 @@ except ImportError:  # a deploy-only install
                               "(rubik.deploy.runtime)")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 else:
-    # The packages named like API functions (rubik/profile.py, rubik/train/, rubik/search/) load first: importing
-    # a submodule later would rebind its name here, over the function. `import rubik.train.trainer` still works.
-    from . import profile as _profile_module  # noqa: F401
-    from . import search as _search_package  # noqa: F401
-    from . import train as _train_package  # noqa: F401
-    from .api import (  # noqa: E402
+    import importlib
+    import types
+
+    from .api import (
         Run,
         bench,
         cam,
@@ -40,11 +38,20 @@ else:
         load_run,
         model_table,
         predict,
-        profile,
-        search,
-        train,
         train_config,
         twist,
     )
+
+    class _CallableModule(types.ModuleType):
+        """A module that is also the API function of its name: `rubik.train(...)` trains and `rubik.train.trainer`
+        is the engine, `rubik.search(...)` runs a study and `import rubik.search.study` still works."""
+
+        def __call__(self, *args, **kwargs):
+            from . import api
+
+            return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+    for _name in ("profile", "search", "train"):  # rubik/profile.py, rubik/search/, rubik/train/
+        importlib.import_module(f".{_name}", __name__).__class__ = _CallableModule
     from .models import ModelSpec  # noqa: E402
     from .profile import Profile  # noqa: E402

@@ -118,3 +118,18 @@ def test_twist_command_takes_a_detector_and_its_spec_is_a_model(tmp_path, capsys
     assert abs(rubik.profile(det, measure_latency=False).macs / 150e6 - 1) < 0.01
     assert main(["twist", "--base", "ssdlite_tinynet_e", "--flops", "1M", "--no-latency"]) == 2
     assert "M MACs" in capsys.readouterr().err  # the feasible range, in one line
+
+
+def test_api_names_that_are_also_packages_stay_importable():
+    """rubik.train, rubik.search and rubik.profile are the API's functions and rubik's modules of those names:
+    calling them runs the API, and their submodules import as before (a plain function there broke
+    `import rubik.search.study as s`)."""
+    import rubik.search.study as study_module
+    import rubik.train.trainer as trainer_module
+    from rubik.profile import count
+
+    assert callable(rubik.train) and callable(rubik.search) and callable(rubik.profile)
+    assert study_module.__name__ == "rubik.search.study" and trainer_module.__name__ == "rubik.train.trainer"
+    assert rubik.profile("tinynet_e", measure_latency=False).macs == count(rubik.create_model("tinynet_e"), 106)[0]
+    with pytest.raises(rubik.RubikError, match="unknown training option"):
+        rubik.train("tinynet_e", data="digits", epoch=1)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rubik
+import rubik.models
 from rubik.models import EFFICIENTNET_B0_STAGES, EFFICIENTNET_RULES, MBConvNet, build, get_spec, published
 from rubik.models.registry import INVERSE_GIANT_WIDTHS, UnknownModelError
 from rubik.profile import count, count_params
@@ -53,7 +54,9 @@ def test_macs_and_params_match_the_papers(name):
 
 
 def test_every_named_model_has_a_config_and_runs():
-    for name in rubik.list_models():
+    classifiers = rubik.models.list_models()
+    assert set(classifiers) < set(rubik.list_models())  # rubik.list_models() adds the detectors
+    for name in classifiers:
         spec = get_spec(name)
         pre = spec.preprocess
         assert spec.resolution >= 64 and 0 < pre.crop_pct <= 1 and pre.interpolation in ("bicubic", "bilinear")
