@@ -67,10 +67,20 @@ def finish(procs, timeout=300) -> list[tuple[int, str, str]]:
     return outs
 
 
+def reader(url: str):
+    """A storage that holds no connection between calls: the polls below open many, and pooled ones
+    left for the garbage collector once filled the server's max_connections ("too many clients")."""
+    import optuna
+    from sqlalchemy.pool import NullPool
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool}, skip_table_creation=True,
+                                       skip_compatibility_check=True)
+
+
 def load(url: str):
     import optuna
 
-    return optuna.load_study(study_name="shared", storage=url)
+    return optuna.load_study(study_name="shared", storage=reader(url))
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -86,10 +96,14 @@ def wait_for(predicate, timeout: float, what: str):
 def trials_in(url: str, *states: str):
     import optuna
 
-    names = optuna.study.get_all_study_names(url)
-    if "shared" not in names:
+    try:
+        storage = reader(url)
+        if "shared" not in optuna.study.get_all_study_names(storage):
+            return []
+    except optuna.exceptions.StorageInternalError:  # the workers have not made the tables yet
         return []
-    return [t for t in load(url).get_trials(deepcopy=False) if t.state.name in states]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in states]
 
 
 def assert_each_planned_trial_complete_once(study, planned: int):
