@@ -346,11 +346,12 @@ def test_bench_rows_and_plot(tmp_path, tiny, monkeypatch):
     import rubik.deploy.bench as bench_module
     from rubik.deploy.bench import bench, format_table, plot
 
-    timed, real = {}, bench_module.time_interleaved
+    timed, loops, real = {}, [], bench_module.time_interleaved
 
-    def recording(fns, **kwargs):  # the real timing loop; the test keeps each backend's samples
+    def recording(fns, **kwargs):  # the real timing loop; the test keeps each path's samples
         times = real(fns, **kwargs)
-        timed.update(times)
+        loops.append(sorted(times))
+        timed.update({backend: ts for (_, backend), ts in times.items()})
         return times
 
     monkeypatch.setattr(bench_module, "time_interleaved", recording)
@@ -367,6 +368,16 @@ def test_bench_rows_and_plot(tmp_path, tiny, monkeypatch):
     table = format_table(rows, peak_gmacs=10.0)
     assert table.count("tiny") == 3
     assert plot(rows, tmp_path / "p.png").stat().st_size > 1000
+
+    # together: every target's paths in one interleaved loop (by default, one loop per target)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**TINY, "name": "other"}))
+    loops.clear()
+    rows = bench([str(spec), str(other)], backends=("eager",), runs=3, warmup=1, log=lambda s: None)
+    assert loops == [[(0, "eager")], [(0, "eager")]] and [r.model for r in rows] == ["tiny", "other"]
+    loops.clear()
+    rows = bench([str(spec), str(other)], backends=("eager",), runs=3, warmup=1, together=True, log=lambda s: None)
+    assert loops == [[(0, "eager"), (1, "eager")]] and [r.model for r in rows] == ["tiny", "other"]
 
 
 def test_ncnn_export_is_verified(tmp_path, tiny):

@@ -25,7 +25,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         backends = tuple(b for b in backends if b != "compile")
     peak = matmul_peak(args.threads)
     rows = bench(args.targets, weights=args.weights, threads=args.threads, batch=args.batch, runs=args.runs,
-                 backends=backends, calib=args.calib, calib_n=args.calib_n,
+                 backends=backends, calib=args.calib, calib_n=args.calib_n, together=args.together,
                  log=None if args.json else lambda s: print(s, flush=True))
     if args.json:
         print(json.dumps({"matmul_peak_gmacs": peak, "rows": [r.as_dict() for r in rows]}, indent=2))
@@ -86,6 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it takes minutes to compile)")
     p.add_argument("--calib", help="int8 calibration images (default: crops of two sample photos)")
     p.add_argument("--calib-n", type=int, default=64)
+    p.add_argument("--together", action="store_true",
+                   help="time every target in one interleaved loop (default: one loop per target)")
     p.add_argument("--plot", help="write accuracy (published top-1, when known) or MACs against latency to a PNG")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

@@ -217,9 +217,11 @@ def _spec_macs(spec: dict, resolution: int) -> int | None:
 
 def bench(targets: list, *, threads: int = 1, batch: int = 1, runs: int = 100, warmup: int = 10,
           backends: tuple[str, ...] = DEFAULT_BACKENDS, calib: str | None = None, calib_n: int = 64,
-          workdir: str | Path | None = None, log=print) -> list[BenchRow]:
+          workdir: str | Path | None = None, together: bool = False, log=print) -> list[BenchRow]:
     """Time each target on the requested backends: a model (a name, a spec JSON, or a built network with its
     `.spec`, e.g. a trained one), or an exported .onnx or .pte file of any task, timed in its own runtime.
+    Each target's paths are timed interleaved, one call of each per round; `together` interleaves every target's
+    in one loop, so that a drift of the machine's speed falls on all of them alike.
 
     A named model is built with random weights and measured BatchNorm statistics (see `realistic_batchnorm`),
     then exported and quantized here (int8 calibrated on `calib` images, else on crops of real sample photos).
@@ -231,17 +233,27 @@ def bench(targets: list, *, threads: int = 1, batch: int = 1, runs: int = 100, w
     with tempfile.TemporaryDirectory(prefix="rubik-bench-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        paths = []  # (name, MACs, {backend: one call}) of each target
         for target in targets:
             if isinstance(target, (str, Path)) and str(target).endswith((".onnx", ".pte")):
-                name, macs, fns = _file_paths(Path(target), batch, threads)
+                paths.append(_file_paths(Path(target), batch, threads))
             else:
-                name, macs, fns = _model_paths(target, work, backends, batch, threads, calib, calib_n, log)
-            with torch_threads(threads):
-                times = time_interleaved(fns, runs=runs, warmup=warmup)
-            for backend, ts in times.items():
-                rows.append(BenchRow(name, backend, statistics.median(ts), float(np.percentile(ts, 90)), batch,
-                                     threads, macs))
+                paths.append(_model_paths(target, work, backends, batch, threads, calib, calib_n, log))
+            if not together:
+                rows += _timed([paths.pop()], runs, warmup, batch, threads)
+        rows += _timed(paths, runs, warmup, batch, threads)
     return rows
+
+
+def _timed(paths: list, runs: int, warmup: int, batch: int, threads: int) -> list[BenchRow]:
+    """Rows of the targets' paths, all timed in one interleaved loop."""
+    fns = {(i, backend): fn for i, (_, _, by_backend) in enumerate(paths) for backend, fn in by_backend.items()}
+    if not fns:
+        return []
+    with torch_threads(threads):
+        times = time_interleaved(fns, runs=runs, warmup=warmup)
+    return [BenchRow(paths[i][0], backend, statistics.median(ts), float(np.percentile(ts, 90)), batch, threads,
+                     paths[i][1]) for (i, backend), ts in times.items()]
 
 
 def _model_paths(target, work: Path, backends: tuple[str, ...], batch: int, threads: int, calib: str | None,
