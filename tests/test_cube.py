@@ -11,7 +11,7 @@ from rubik.cli import main
 from rubik.cube.formula import FormulaError, TinyFormula
 from rubik.cube.giant import flops_ratio, giant, phi_for_ratio
 from rubik.cube.solve import macs_of
-from rubik.cube.twist import Twister, parse_latency, parse_macs
+from rubik.cube.twist import LATENCY_TOLERANCE, Twister, parse_latency, parse_macs
 from rubik.errors import RubikError
 from rubik.models import get_spec
 
@@ -119,6 +119,19 @@ def test_latency_budget_bisects_measured_latency(twister):
     assert result.latency_ms <= 10.0 and result.latency_ms > 8.5
     with pytest.raises(RubikError, match="below the fastest"):
         twister.to_latency(0.1, fake_latency)
+
+
+def test_latency_budget_grows_the_model_below_a_resolution_step():
+    # Input sizes in steps of 32 px (a detector's): the step above 160 px costs more than the budget left, so
+    # the bisection on c alone stops 15 % under it; the twist then grows depth and width at 160 px instead.
+    twister = Twister("efficientnet_b0", resolution_step=32, max_depth_change=0.1)
+
+    def stepped_latency(spec):
+        return macs_of(spec) / 1e7 + 0.5 + (100.0 if spec.resolution > 160 else 0.0)
+
+    result = twister.to_latency(10.0, stepped_latency)
+    assert result.spec.resolution == 160
+    assert 10.0 * (1 - LATENCY_TOLERANCE) <= result.latency_ms <= 10.0
 
 
 def test_budget_parsing():

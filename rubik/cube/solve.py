@@ -78,7 +78,8 @@ def solve(spec: ModelSpec, target_macs: float, max_error: float = 0.01, max_reso
     TinyNet-C-sized model) and with resolution (strided feature maps round up, so 192 -> 193 px
     adds a row and column to the last stages: 17 %). Resolutions nearest the formula's are tried
     in turn, each with its own width, until one lands within `max_error`; resolutions stay multiples of
-    `resolution_step` away from the formula's (at least one step either side). Where coarse steps leave
+    `resolution_step` away from the formula's (at least one step either side; none with
+    max_resolution_change=0). Where coarse steps leave
     no resolution within it (a detector's 32 px), depths within `max_depth_change` of the formula's are
     tried next (each adds or drops a block somewhere). `cost`: as `solve_width`.
     """
@@ -102,7 +103,7 @@ DEPTH_STEP = 0.02  # relative: the grid of depths `solve` tries around the formu
 
 def _neighbours(spec: ModelSpec, max_resolution_change: float, resolution_step: int, max_depth_change: float):
     """The specs `solve` tries after the formula's, nearest first: other resolutions, then other depths."""
-    limit = max(1, round(spec.resolution * max_resolution_change / resolution_step))
+    limit = max(1, round(spec.resolution * max_resolution_change / resolution_step)) if max_resolution_change else 0
     for offset in sorted(range(-limit * resolution_step, limit * resolution_step + 1, resolution_step), key=abs)[1:]:
         if spec.resolution + offset >= MIN_RESOLUTION:
             yield replace(spec, resolution=spec.resolution + offset)

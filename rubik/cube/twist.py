@@ -22,6 +22,7 @@ from .giant import giant, phi_for_ratio
 from .solve import MIN_RESOLUTION, WIDTH_RANGE, InfeasibleBudget, macs_of, solve
 
 METHODS = ("tiny", "giant")
+LATENCY_TOLERANCE = 0.05  # a latency twist stops searching at a model this close under the budget
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ class Twister:
             return self.base.rules
         return self.family.twist_rules(self.base.rules, self.formula.rules)
 
-    def _start(self, c: float) -> tuple[ModelSpec, Prediction | None, float | None]:
-        """The formula's (r, d) at c, before width is solved."""
+    def _start(self, c: float, resolution: int | None = None) -> tuple[ModelSpec, Prediction | None, float | None]:
+        """The formula's (r, d) at c, before width is solved; `resolution` pins the input size instead of r."""
         if self.method == "tiny":
             p = self.formula.predict(c)
             r, d, pred, phi = p.r, p.d, p, None
@@ -141,7 +142,7 @@ class Twister:
             r, d, _ = giant(phi)
             pred = None
         step = self.resolution_step
-        resolution = max(MIN_RESOLUTION, step * round(self.base.resolution * r / step))
+        resolution = resolution or max(MIN_RESOLUTION, step * round(self.base.resolution * r / step))
         spec = replace(self.base, resolution=resolution, depth=self.base.depth * d, rules=self.twist_rules())
         return spec, pred, phi
 
@@ -174,15 +175,17 @@ class Twister:
                           f"feasible: {lo / 1e6:.1f} M .. {hi / 1e6:.1f} M MACs "
                           f"(ratio {lo / self.base_macs:.3f} .. {hi / self.base_macs:.3f})")
 
-    def to_macs(self, target_macs: float, name: str | None = None) -> TwistResult:
+    def to_macs(self, target_macs: float, name: str | None = None, resolution: int | None = None) -> TwistResult:
+        """The formula's model for the MACs budget; `resolution` pins its input size (depth and width solved)."""
         c = target_macs / self.base_macs
         if c <= 0 or (self.method == "tiny" and c > 1.0 + 1e-9):
             hint = "" if c <= 0 else " (the tiny formula shrinks a base; --method giant grows one)"
             raise self._range_error(f"{target_macs / 1e6:.1f} M MACs", hint)
-        spec, pred, phi = self._start(c)
+        spec, pred, phi = self._start(c, resolution)
         try:
             spec, macs = solve(spec, target_macs, cost=self.cost, resolution_step=self.resolution_step,
-                               max_depth_change=self.max_depth_change)
+                               max_depth_change=self.max_depth_change,
+                               max_resolution_change=0.0 if resolution else 0.06)
         except InfeasibleBudget:
             raise self._range_error(f"{target_macs / 1e6:.1f} M MACs") from None
         name = name or f"{self.base.name}_{self.method}_{target_macs / 1e6:.0f}m"
@@ -210,17 +213,43 @@ class Twister:
         largest.latency_ms = measure(largest.spec)
         if largest.latency_ms <= target_ms:
             return largest
-        best = smallest
+        best, over = smallest, largest
         for _ in range(iterations):
             mid = math.sqrt(lo * hi)
             candidate = self.to_ratio(mid)
             candidate.latency_ms = measure(candidate.spec)
             if candidate.latency_ms <= target_ms:
                 best, lo = candidate, mid
+                if best.latency_ms >= target_ms * (1 - LATENCY_TOLERANCE):
+                    break
             else:
-                hi = mid
+                over, hi = candidate, mid
+        if best.latency_ms < target_ms * (1 - LATENCY_TOLERANCE) and over.spec.resolution != best.spec.resolution:
+            best = self._grow_at_resolution(best, lo, target_ms, measure, iterations)
         if name:
             best.spec = replace(best.spec, name=name)
+        return best
+
+
+    def _grow_at_resolution(self, best: TwistResult, lo: float, target_ms: float,
+                            measure: Callable[[ModelSpec], float], iterations: int) -> TwistResult:
+        """Where a resolution step lies between the fastest model over the budget and `best` (the step can be
+        20 % of the latency), the largest model at `best`'s resolution within the budget (more depth, width)."""
+        resolution, hi = best.spec.resolution, 1.0 if self.method == "tiny" else 8.0
+        for _ in range(iterations):
+            mid = math.sqrt(lo * hi)
+            try:
+                candidate = self.to_macs(mid * self.base_macs, resolution=resolution)
+            except RubikError:  # no width at this resolution reaches these MACs
+                hi = mid
+                continue
+            candidate.latency_ms = measure(candidate.spec)
+            if candidate.latency_ms <= target_ms:
+                best, lo = candidate, mid
+            else:
+                hi = mid
+            if best.latency_ms >= target_ms * (1 - LATENCY_TOLERANCE):
+                break
         return best
 
 
