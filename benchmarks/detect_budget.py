@@ -94,7 +94,7 @@ def twists(args, ref: dict) -> dict[str, dict]:
         budgets = {"latency": {"latency": f"{ref[f'{args.runtime}_ms']:.4f}ms", "runtime": args.runtime,
                                "int8": True},
                    "macs": {"flops": ref["macs"]}}
-        for kind, budget in budgets.items():
+        for kind, budget in ((k, budgets[k]) for k in args.budgets):
             name = f"{family}_at_{kind}"
             path = folder / f"{name}.json"
             if not path.is_file():
@@ -214,13 +214,17 @@ def summarise(args, models: dict[str, dict], runs: dict[str, Path], files: dict,
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
     latency = [REFERENCE] + [n for n, m in models.items() if m.get("budget") == "latency"]
     macs = [REFERENCE] + [n for n, m in models.items() if m.get("budget") == "macs"]
-    lines = table(f"At the reference's int8 latency on {args.runtime} (twisted to {ref[f'{args.runtime}_ms']:.2f} ms"
-                  " measured while twisting)", latency, results, ref, args.runtime)
-    lines += [""] + table(f"At the reference's MACs ({ref['macs'] / 1e6:.1f} M)", macs, results, ref, args.runtime)
-    best = max(latency[1:], key=lambda n: statistics.mean(results[n]["maps"]))
-    gap = statistics.mean(results[best]["maps"]) - statistics.mean(results[REFERENCE]["maps"])
-    lines += ["", f"best rubik detector at the reference's latency: {results[best]['label']}, "
-              f"{gap:+.1f} mAP against {REFERENCE} (means of {len(args.seeds)} seeds)"]
+    lines = []
+    if len(latency) > 1:
+        lines += table(f"At the reference's int8 latency on {args.runtime} (twisted to "
+                       f"{ref[f'{args.runtime}_ms']:.2f} ms measured while twisting)", latency, results, ref,
+                       args.runtime) + [""]
+        best = max(latency[1:], key=lambda n: statistics.mean(results[n]["maps"]))
+        gap = statistics.mean(results[best]["maps"]) - statistics.mean(results[REFERENCE]["maps"])
+        lines += [f"best rubik detector at the reference's latency: {results[best]['label']}, {gap:+.1f} mAP "
+                  f"against {REFERENCE} (means of {len(args.seeds)} seeds)", ""]
+    if len(macs) > 1:
+        lines += table(f"At the reference's MACs ({ref['macs'] / 1e6:.1f} M)", macs, results, ref, args.runtime)
     return lines
 
 
@@ -234,6 +238,8 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=160, help="the reference's input size; the bases' before r")
     p.add_argument("--families", nargs="+", default=list(FAMILIES),
                    help=f"families to twist ({', '.join(FAMILIES)}) or any detector base")
+    p.add_argument("--budgets", nargs="+", choices=["latency", "macs"], default=["latency", "macs"],
+                   help="the tables to make: at the reference's latency, at its MACs")
     p.add_argument("--runtime", choices=list(RUNTIME_BACKEND), default="onnxruntime",
                    help="the runtime whose int8 latency the detectors are twisted to")
     p.add_argument("--epochs", type=int, default=8)

@@ -102,11 +102,15 @@ DEPTH_STEP = 0.02  # relative: the grid of depths `solve` tries around the formu
 
 
 def _neighbours(spec: ModelSpec, max_resolution_change: float, resolution_step: int, max_depth_change: float):
-    """The specs `solve` tries after the formula's, nearest first: other resolutions, then other depths."""
+    """The specs `solve` tries after the formula's, nearest first: other resolutions, then other depths; depths
+    first where one resolution step is more than `max_resolution_change` (a detector's 32 px at 96 px is a third
+    of r, a few blocks are a few % of d)."""
     limit = max(1, round(spec.resolution * max_resolution_change / resolution_step)) if max_resolution_change else 0
-    for offset in sorted(range(-limit * resolution_step, limit * resolution_step + 1, resolution_step), key=abs)[1:]:
-        if spec.resolution + offset >= MIN_RESOLUTION:
-            yield replace(spec, resolution=spec.resolution + offset)
+    resolutions = [replace(spec, resolution=spec.resolution + offset) for offset in
+                   sorted(range(-limit * resolution_step, limit * resolution_step + 1, resolution_step), key=abs)[1:]
+                   if spec.resolution + offset >= MIN_RESOLUTION]
     steps = round(max_depth_change / DEPTH_STEP)
-    for k in sorted(range(-steps, steps + 1), key=abs)[1:]:
-        yield replace(spec, depth=spec.depth * (1 + k * DEPTH_STEP))
+    depths = [replace(spec, depth=spec.depth * (1 + k * DEPTH_STEP))
+              for k in sorted(range(-steps, steps + 1), key=abs)[1:]]
+    coarse = resolution_step > spec.resolution * max_resolution_change
+    yield from (depths + resolutions) if coarse else (resolutions + depths)
