@@ -213,44 +213,41 @@ class Twister:
         largest.latency_ms = measure(largest.spec)
         if largest.latency_ms <= target_ms:
             return largest
-        best, over = smallest, largest
-        for _ in range(iterations):
-            mid = math.sqrt(lo * hi)
-            candidate = self.to_ratio(mid)
-            candidate.latency_ms = measure(candidate.spec)
-            if candidate.latency_ms <= target_ms:
-                best, lo = candidate, mid
-                if best.latency_ms >= target_ms * (1 - LATENCY_TOLERANCE):
-                    break
-            else:
-                over, hi = candidate, mid
+        best, over, lo = self._bisect(self.to_ratio, lo, hi, smallest, largest, target_ms, measure, iterations)
         if best.latency_ms < target_ms * (1 - LATENCY_TOLERANCE) and over.spec.resolution != best.spec.resolution:
-            best = self._grow_at_resolution(best, lo, target_ms, measure, iterations)
+            # A resolution step lies between `best` and the fastest model over the budget (a step can be 20 % of
+            # the latency): the largest model at `best`'s resolution within the budget (more depth and width).
+            resolution = best.spec.resolution
+
+            def at_resolution(ratio: float) -> TwistResult:
+                return self.to_macs(ratio * self.base_macs, resolution=resolution)
+
+            best = self._bisect(at_resolution, lo, 1.0 if self.method == "tiny" else 8.0, best, over, target_ms,
+                                measure, iterations)[0]
         if name:
             best.spec = replace(best.spec, name=name)
         return best
 
-
-    def _grow_at_resolution(self, best: TwistResult, lo: float, target_ms: float,
-                            measure: Callable[[ModelSpec], float], iterations: int) -> TwistResult:
-        """Where a resolution step lies between the fastest model over the budget and `best` (the step can be
-        20 % of the latency), the largest model at `best`'s resolution within the budget (more depth, width)."""
-        resolution, hi = best.spec.resolution, 1.0 if self.method == "tiny" else 8.0
+    @staticmethod
+    def _bisect(make: Callable[[float], TwistResult], lo: float, hi: float, best: TwistResult, over: TwistResult,
+                target_ms: float, measure: Callable[[ModelSpec], float], iterations: int):
+        """Bisection on ln c between `best` (within the budget, at lo) and `over` (at hi) of `make(c)`'s measured
+        latency, stopping within LATENCY_TOLERANCE under the budget: (best, over, its c)."""
         for _ in range(iterations):
+            if best.latency_ms >= target_ms * (1 - LATENCY_TOLERANCE):
+                break
             mid = math.sqrt(lo * hi)
             try:
-                candidate = self.to_macs(mid * self.base_macs, resolution=resolution)
-            except RubikError:  # no width at this resolution reaches these MACs
+                candidate = make(mid)
+            except RubikError:  # a pinned resolution that no width brings to these MACs
                 hi = mid
                 continue
             candidate.latency_ms = measure(candidate.spec)
             if candidate.latency_ms <= target_ms:
                 best, lo = candidate, mid
             else:
-                hi = mid
-            if best.latency_ms >= target_ms * (1 - LATENCY_TOLERANCE):
-                break
-        return best
+                over, hi = candidate, mid
+        return best, over, lo
 
 
 def budget_of(flops: str | float | None = None, ratio: float | None = None,
