@@ -104,37 +104,49 @@ def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
 # ---- twist ----------------------------------------------------------------------------------------
 
 
-def latency_function(runtime: str = "torch", int8: bool = False) -> Callable[[Any], float]:
+def latency_function(runtime: str = "torch", int8: bool = False, anchor: Any = None) -> Callable[[Any], float]:
     """Milliseconds of a classifier spec at batch 1 on one thread: PyTorch eager, or the file `rubik export`
-    writes (int8 when asked), on ONNX Runtime or ExecuTorch (XNNPACK)."""
+    writes (int8 when asked), on ONNX Runtime or ExecuTorch (XNNPACK); `anchor`: each measured against this
+    model's time (rubik.deploy.bench.spec_latency)."""
     if runtime == "torch":
-        if int8:
-            raise RubikError("int8 latency is measured on an exported file: add --runtime onnxruntime or executorch")
+        if int8 or anchor is not None:
+            raise RubikError(f"{'int8 latency' if int8 else 'a latency measured against another model'} is "
+                             "measured on an exported file: add --runtime onnxruntime or executorch")
         from .models import build
         from .profile import deployed, latency
 
         return lambda spec: latency(deployed(build(spec)), spec.resolution, threads=1, runs=30)  # V3 folded
     from .deploy.bench import spec_latency
 
-    return spec_latency(runtime, int8=int8)
+    return spec_latency(runtime, int8=int8, anchor=anchor)
 
 
 def twist(base: Any = "efficientnet_b0", *, flops: str | float | None = None, ratio: float | None = None,
           latency: str | float | None = None, runtime: str = "torch", int8: bool = False, method: str = "tiny",
           formula: str | None = None, name: str | None = None, base_resolution: int = 0,
-          num_classes: int | None = None, out: str | Path | None = None, measure_latency: bool = False):
+          num_classes: int | None = None, out: str | Path | None = None, measure_latency: bool = False,
+          latency_of: Any = None):
     """The best (resolution, depth, width) of `base` for one budget: `flops` (MACs, "100M"), `ratio` (of the
-    base's MACs) or `latency` ("4ms", measured on `runtime`, int8 when asked). A detector base (ssdlite_*) twists
-    its backbone so that the whole detector (backbone, extra layers, head for `num_classes` classes, at its input
-    size, which follows r) meets the budget. Returns the twist result: `.spec` (train it: `rubik.train(result,
-    ...)`), `.macs`, `.error`, `.latency_ms`, `.params`; `out` writes its spec JSON (a --model file)."""
-    from .cube.twist import budget_of
+    base's MACs), `latency` ("4ms", measured on `runtime`, int8 when asked) or `latency_of` (another model's
+    latency on `runtime`, at `base_resolution` when given: each candidate is timed against it, so a drift of the
+    machine's speed cancels). A detector base (ssdlite_*) twists its backbone so that the whole detector
+    (backbone, extra layers, head for `num_classes` classes, at its input size, which follows r) meets the
+    budget. Returns the twist result: `.spec` (train it: `rubik.train(result, ...)`), `.macs`, `.error`,
+    `.latency_ms`, `.params`; `out` writes its spec JSON (a --model file)."""
+    from .cube.twist import Budget, budget_of
 
-    budget = budget_of(flops, ratio, latency)
+    if latency_of is not None and any(b is not None for b in (flops, ratio, latency)):
+        raise RubikError("give exactly one budget: flops, ratio, latency or latency_of")
+    budget = budget_of(flops, ratio, latency) if latency_of is None else None
     base = _architecture(base)
     detector = task_for_model(base).name == "detect"
     measure = None
-    if budget.kind == "latency" or measure_latency:
+    if latency_of is not None:
+        anchor = _peer_spec(latency_of, detector, base_resolution)
+        measure = (_detector_latency(runtime, int8, num_classes, anchor) if detector else
+                   latency_function(runtime, int8, anchor))
+        budget = Budget("latency", measure.anchor_ms)
+    elif budget.kind == "latency" or measure_latency:
         measure = _detector_latency(runtime, int8, num_classes) if detector else latency_function(runtime, int8)
     twister, result = (_twist_detector if detector else _twist_classifier)(
         base, budget, method, formula, measure, name, base_resolution, num_classes)
@@ -181,12 +193,29 @@ def _twist_detector(base, budget, method, formula, measure, name, base_resolutio
     return twister, result
 
 
-def _detector_latency(runtime: str, int8: bool, num_classes: int | None):
+def _detector_latency(runtime: str, int8: bool, num_classes: int | None, anchor: Any = None):
     from .detect.twist import COCO_CLASSES, detector_latency
 
     if runtime == "torch" and int8:
         raise RubikError("int8 latency is measured on an exported file: add --runtime onnxruntime or executorch")
-    return detector_latency(runtime, COCO_CLASSES if num_classes is None else num_classes, int8)
+    return detector_latency(runtime, COCO_CLASSES if num_classes is None else num_classes, int8, anchor=anchor)
+
+
+def _peer_spec(model: Any, detector: bool, resolution: int):
+    """The spec of the model whose latency is a twist's budget, at `resolution` (0: its own)."""
+    from dataclasses import replace
+
+    model = _architecture(model)
+    if detector:
+        from .detect.model import get_detector_spec, is_detector
+
+        if not is_detector(model):
+            raise RubikError(f"latency_of {model!r} is no detector; a detector base is timed against a detector")
+        return get_detector_spec(model, resolution or None)
+    from .models import get_spec
+
+    spec = get_spec(model)
+    return replace(spec, resolution=resolution) if resolution else spec
 
 
 # ---- train ----------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ its boxes on a held-out image -> its mAP and latency beside MobileNetV3 SSDLite 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -127,9 +126,8 @@ def _detector(out: Path, epochs: int, runs: int, steps: int) -> None:
     peer_macs = detector_macs_params(build_detector(peer, classes))[0]
 
     print(f"== 8/{steps} latency, batch 1, one thread, int8 ONNX")
-    measure = detector_latency("onnxruntime", classes, int8=True, runs=runs)
-    times = [(measure(peer), measure(result.spec)) for _ in range(3)]  # alternated: a drift falls on both
-    peer_ms, ms = (statistics.median(t) for t in zip(*times, strict=True))
+    measure = detector_latency("onnxruntime", classes, int8=True, runs=runs, anchor=peer)  # timed against the peer
+    peer_ms, ms = measure.anchor_ms, measure(result.spec)
     fmt = "{:<42} {:>6} {:>9} {:>10} {:>10} {:>9}"
     print()
     print(fmt.format("detector", "input", "MACs M", "mAP", "mAP int8", "ORT int8"))

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -134,6 +135,33 @@ def test_latency_budget_grows_the_model_below_a_resolution_step():
     assert 10.0 * (1 - LATENCY_TOLERANCE) <= result.latency_ms <= 10.0
 
 
+def test_latency_budget_narrows_the_model_above_a_resolution_step():
+    # As the Lite detector measured: every model the formula makes at 192 px is over the budget, and even the
+    # largest at 160 px is far under it (the tiny formula stops at c = 1); a narrower, shallower model at 192 px
+    # fits within 5 %.
+    twister = Twister("efficientnet_b0", resolution_step=32, max_depth_change=0.1)
+
+    def stepped_latency(spec):
+        return macs_of(spec) / 1e8 + (9.4 if spec.resolution > 160 else 0.0)
+
+    result = twister.to_latency(10.0, stepped_latency)
+    assert result.spec.resolution == 192
+    assert 10.0 * (1 - LATENCY_TOLERANCE) <= result.latency_ms <= 10.0
+
+
+def test_latency_budget_looks_one_resolution_step_up_when_the_largest_model_is_within_it():
+    # The formula's model at c = 1 (192 px) is 35 % under the budget, and c cannot grow past 1: a narrower model
+    # one 32 px step up fits within 5 %.
+    twister = Twister("efficientnet_b0", resolution_step=32, max_depth_change=0.1)
+
+    def stepped_latency(spec):
+        return macs_of(spec) / 1e8 + (5.0 if spec.resolution > 192 else 0.0)
+
+    result = twister.to_latency(6.0, stepped_latency)
+    assert result.spec.resolution == 224
+    assert 6.0 * (1 - LATENCY_TOLERANCE) <= result.latency_ms <= 6.0
+
+
 def test_budget_parsing():
     assert parse_macs("100M") == 100e6 and parse_macs("1.2G") == 1.2e9 and parse_macs("35e6") == 35e6
     assert parse_latency("4ms") == 4 and parse_latency("800us") == pytest.approx(0.8)
@@ -207,3 +235,27 @@ def test_reference_formula_drawn_beside_a_fitted_one():
         (data,) = ax.collections  # the paper's TinyNets, not its unfitted base
         assert len(data.get_offsets()) == len(paper.fitted)
     plt.close(fig)
+
+
+def test_latency_against_an_anchor_cancels_a_drift_of_the_machine(monkeypatch):
+    # A machine that slows 10 % with every timing loop (a shared VM drifts by 15 % within minutes): timed alone,
+    # the same model reads slower each time; timed against an anchor, it reads its cost at the first speed.
+    from rubik.deploy import bench
+
+    speed = [1.0]
+
+    def drifting(fns, runs=100, **_):
+        speed[0] *= 1.1
+        return {k: [fn.resolution / 100 * speed[0]] * runs for k, fn in fns.items()}  # cost: its input size
+
+    monkeypatch.setattr(bench, "_latency_file", lambda graph, spec, *a: spec)
+    monkeypatch.setattr(bench, "_ort_runner", lambda path, x, threads: path)
+    monkeypatch.setattr(bench, "time_interleaved", drifting)
+    model, anchor = get_spec("tinynet_e"), replace(get_spec("tinynet_e"), resolution=200)
+    alone = bench.spec_latency("onnxruntime", runs=4)
+    assert alone(model) * 1.05 < alone(model)
+    speed[0] = 1.0
+    against = bench.spec_latency("onnxruntime", runs=4, anchor=anchor)
+    first = against.anchor_ms / 2.0  # the model's cost at the speed the anchor was first timed at
+    assert against(model) == pytest.approx(first * model.resolution / 100, rel=0.01)
+    assert against(model) == pytest.approx(first * model.resolution / 100, rel=0.01)

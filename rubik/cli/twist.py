@@ -12,7 +12,7 @@ def cmd_twist(args: argparse.Namespace) -> None:
     result = twist(args.base, flops=args.flops, ratio=args.ratio, latency=args.latency, runtime=args.runtime,
                    int8=args.int8, method=args.method, formula=args.formula, name=args.name,
                    base_resolution=args.base_resolution, num_classes=args.num_classes, out=args.out,
-                   measure_latency=not args.no_latency)
+                   measure_latency=not args.no_latency, latency_of=args.latency_of)
     if args.plot:
         from ..cube.plot import plot_curves
 
@@ -50,7 +50,10 @@ def _print_table(result, args: argparse.Namespace) -> None:
             print(f"note: c={result.ratio:.4f} is far below the formula's smallest point "
                   f"(c={twister.formula.c_range[0]:g}): r and d are extrapolated")
     if result.latency_ms is not None:
-        print(f"latency: {args.runtime}{' int8' if args.int8 else ''}, batch 1, one thread, median on this machine")
+        against = (f"; each model timed between two runs of {args.latency_of} (the budget) and scaled by its "
+                   "first time, so a drift of the machine's speed cancels" if args.latency_of else "")
+        print(f"latency: {args.runtime}{' int8' if args.int8 else ''}, batch 1, one thread, median on this "
+              f"machine{against}")
     print("MACs = multiply-accumulates of convolutions and linear layers (SE included), what the papers call FLOPs")
 
 
@@ -66,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--flops", help="MACs budget, e.g. 100M (the papers' FLOPs are MACs)")
     budget.add_argument("--ratio", type=float, help="MACs as a fraction of the base, e.g. 0.25")
     budget.add_argument("--latency", help="latency budget on this machine, batch 1, one thread, e.g. 4ms")
+    budget.add_argument("--latency-of", metavar="MODEL", help="another model's latency on this machine (at "
+                        "--base-resolution when given), e.g. ssdlite_mobilenet_v3_large: each candidate is timed "
+                        "against it, so a drift of the machine's speed cancels (--runtime onnxruntime|executorch)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime", "executorch"), default="torch",
                    help="runtime for latency: PyTorch eager, ONNX Runtime or ExecuTorch (XNNPACK), as exported")
     p.add_argument("--int8", action="store_true", help="with --latency: time the int8 file (--runtime onnxruntime or "

@@ -10,6 +10,7 @@ a detector around its backbone, rubik.detect.twist), so the whole of that meets 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from .solve import MIN_RESOLUTION, WIDTH_RANGE, InfeasibleBudget, macs_of, solve
 
 METHODS = ("tiny", "giant")
 LATENCY_TOLERANCE = 0.05  # a latency twist stops searching at a model this close under the budget
+log = logging.getLogger("rubik.twist")  # each timed candidate, at debug level
 
 
 @dataclass(frozen=True)
@@ -197,57 +199,92 @@ class Twister:
 
     def to_latency(self, target_ms: float, measure: Callable[[ModelSpec], float], name: str | None = None,
                    iterations: int = 7) -> TwistResult:
-        """The largest model (by MACs) whose measured latency is within the budget.
+        """The model whose measured latency is closest under the budget.
 
         Latency grows with c but not strictly (it depends on kernels, not only MACs), so this is
         a bisection on ln c of measured latencies; each step builds and times a real model.
         """
         lo_macs, hi_macs = self.feasible_range()
         lo, hi = lo_macs / self.base_macs * 1.01, min(1.0, hi_macs / self.base_macs)
-        smallest = self.to_ratio(lo)
-        smallest.latency_ms = measure(smallest.spec)
+        smallest = _timed(self.to_ratio(lo), measure)
         if smallest.latency_ms > target_ms:
             raise RubikError(f"{target_ms:g} ms is below the fastest model twisted from {self.label} on this "
                              f"machine ({smallest.latency_ms:.2f} ms at {smallest.macs / 1e6:.1f} M MACs)")
-        largest = self.to_ratio(hi)
-        largest.latency_ms = measure(largest.spec)
+        largest = _timed(self.to_ratio(hi), measure)
+        top = 1.0 if self.method == "tiny" else 8.0
+
+        def short(result: TwistResult) -> bool:
+            return result.latency_ms < target_ms * (1 - LATENCY_TOLERANCE)
+
+        over = None
         if largest.latency_ms <= target_ms:
-            return largest
-        best, over, lo = self._bisect(self.to_ratio, lo, hi, smallest, largest, target_ms, measure, iterations)
-        if best.latency_ms < target_ms * (1 - LATENCY_TOLERANCE) and over.spec.resolution != best.spec.resolution:
-            # A resolution step lies between `best` and the fastest model over the budget (a step can be 20 % of
-            # the latency): the largest model at `best`'s resolution within the budget (more depth and width).
-            resolution = best.spec.resolution
-
-            def at_resolution(ratio: float) -> TwistResult:
-                return self.to_macs(ratio * self.base_macs, resolution=resolution)
-
-            best = self._bisect(at_resolution, lo, 1.0 if self.method == "tiny" else 8.0, best, over, target_ms,
-                                measure, iterations)[0]
+            best = largest
+        else:
+            best, over, lo = self._bisect(self.to_ratio, lo, hi, smallest, largest, target_ms, measure, iterations)
+            if short(best):
+                # The formula's input size can flip between neighbouring c, and a 32 px step can be 20 % of the
+                # latency: the largest model at `best`'s input size within the budget (more depth and width).
+                same = over.spec.resolution == best.spec.resolution
+                best = self._bisect(self._at_resolution(best.spec.resolution), best.ratio,
+                                    over.ratio if same else top, best, over, target_ms, measure, iterations)[0]
+        # Still short: a narrower, shallower model at a larger input size: the one `over` has, or, where every
+        # model the formula makes is within the budget (a Lite detector's is at c = 1), the sizes above in turn.
+        above, climbs = best.spec.resolution, 0
+        while short(best) and climbs < 3:
+            climbs += 1
+            if over is not None and over.spec.resolution > above:
+                above, hi = over.spec.resolution, over.ratio
+            elif over is None and self.resolution_step > 1:
+                above += self.resolution_step
+                try:
+                    over, hi = _timed(self._at_resolution(above)(top), measure), top
+                except RubikError:
+                    break
+                if over.latency_ms <= target_ms:  # even the largest at this size is within: one size up
+                    best, over = max(best, over, key=lambda r: r.latency_ms), None
+                    continue
+            else:
+                break
+            best, over, _ = self._bisect(self._at_resolution(above), lo_macs / self.base_macs, hi, best, over,
+                                         target_ms, measure, iterations, too_small_when_infeasible=True)
         if name:
             best.spec = replace(best.spec, name=name)
         return best
 
+    def _at_resolution(self, resolution: int) -> Callable[[float], TwistResult]:
+        return lambda ratio: self.to_macs(ratio * self.base_macs, resolution=resolution)
+
     @staticmethod
-    def _bisect(make: Callable[[float], TwistResult], lo: float, hi: float, best: TwistResult, over: TwistResult,
-                target_ms: float, measure: Callable[[ModelSpec], float], iterations: int):
-        """Bisection on ln c between `best` (within the budget, at lo) and `over` (at hi) of `make(c)`'s measured
-        latency, stopping within LATENCY_TOLERANCE under the budget: (best, over, its c)."""
+    def _bisect(make: Callable[[float], TwistResult], lo: float, hi: float, best: TwistResult, over: TwistResult | None,
+                target_ms: float, measure: Callable[[ModelSpec], float], iterations: int,
+                too_small_when_infeasible: bool = False):
+        """Bisection on ln c in (lo, hi) of `make(c)`'s measured latency, keeping the model closest under the budget
+        (starting from `best`) and stopping within LATENCY_TOLERANCE under it: (best, the last model over, the
+        last c under). `make` may fail where a pinned resolution has no width for c's MACs: c is too large for it
+        (a small input) or, with `too_small_when_infeasible`, too small (a large input)."""
         for _ in range(iterations):
             if best.latency_ms >= target_ms * (1 - LATENCY_TOLERANCE):
                 break
             mid = math.sqrt(lo * hi)
             try:
                 candidate = make(mid)
-            except RubikError:  # a pinned resolution that no width brings to these MACs
-                hi = mid
+            except RubikError:
+                lo, hi = (mid, hi) if too_small_when_infeasible else (lo, mid)
                 continue
-            candidate.latency_ms = measure(candidate.spec)
+            _timed(candidate, measure)
             if candidate.latency_ms <= target_ms:
-                best, lo = candidate, mid
+                lo = mid
+                if candidate.latency_ms > best.latency_ms:
+                    best = candidate
             else:
                 over, hi = candidate, mid
         return best, over, lo
+
+
+def _timed(result: TwistResult, measure: Callable[[ModelSpec], float]) -> TwistResult:
+    result.latency_ms = measure(result.spec)
+    log.debug(f"c={result.ratio:.4f} {result}")
+    return result
 
 
 def budget_of(flops: str | float | None = None, ratio: float | None = None,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,26 +137,47 @@ def _network_graph(spec, layout: str | None):
 
 
 def spec_latency(runtime: str, runs: int = 50, graph: Callable | None = None, int8: bool = False,
-                 calib_n: int = 32) -> Callable:
+                 calib_n: int = 32, anchor: Any = None) -> Callable:
     """A function spec -> median ms (batch 1, one thread) of the model as `rubik export` writes it in `runtime`
     ("onnxruntime" or "executorch"), int8 when asked (calibrated on `calib_n` sample photos), random weights
     with measured BatchNorm statistics: what `rubik twist --latency --runtime R` bisects on.
 
     `graph(spec, layout)`: the export graph of a spec's model (default: a rubik network's); another task passes
-    its own (a detector's: rubik.detect.twist.latency_graph)."""
+    its own (a detector's: rubik.detect.twist.latency_graph).
+    `anchor`: a spec timed before and after every model, each alone; a model's latency is then its ratio to the
+    anchor's times the anchor's first measurement (`.anchor_ms`), so that a machine whose speed drifts (a shared
+    VM's can by 15 % within minutes) ranks every model on one scale."""
     if runtime not in ("onnxruntime", "executorch"):
         raise RubikError(f"unknown runtime {runtime!r}; choose torch, onnxruntime or executorch")
     graph = graph or _network_graph
 
-    def measure(spec) -> float:
-        with tempfile.TemporaryDirectory(prefix="rubik-latency-") as tmp:
-            path = _latency_file(graph, spec, runtime, int8, calib_n, Path(tmp))
-            r = spec.resolution
-            x = np.random.default_rng(0).standard_normal((1, 3, r, r), dtype=np.float32)
-            fn = (_ort_runner if runtime == "onnxruntime" else _et_runner)(path, x, 1)
-            return statistics.median(time_interleaved({"m": fn}, runs=runs)["m"])
+    def runner(spec, folder: Path) -> Callable[[], object]:
+        path = _latency_file(graph, spec, runtime, int8, calib_n, folder)
+        r = spec.resolution
+        x = np.random.default_rng(0).standard_normal((1, 3, r, r), dtype=np.float32)
+        return (_ort_runner if runtime == "onnxruntime" else _et_runner)(path, x, 1)
 
-    return measure
+    def ms(fn: Callable[[], object], rounds: int) -> float:
+        return statistics.median(time_interleaved({"m": fn}, runs=rounds)["m"])
+
+    if anchor is None:
+        def measure(spec) -> float:
+            with tempfile.TemporaryDirectory(prefix="rubik-latency-") as tmp:
+                return ms(runner(spec, Path(tmp)), runs)
+
+        return measure
+    folder = tempfile.TemporaryDirectory(prefix="rubik-latency-anchor-")  # lives as long as the function
+    anchor_run = runner(anchor, Path(folder.name))
+    anchor_ms = ms(anchor_run, 2 * runs)
+
+    def relative(spec) -> float:
+        with tempfile.TemporaryDirectory(prefix="rubik-latency-") as tmp:
+            fn = runner(spec, Path(tmp))
+            before, own, after = ms(anchor_run, runs // 2), ms(fn, runs), ms(anchor_run, runs // 2)
+        return own / ((before + after) / 2) * anchor_ms
+
+    relative.anchor_ms, relative.anchor_folder = anchor_ms, folder
+    return relative
 
 
 def _latency_file(graph: Callable, spec, runtime: str, int8: bool, calib_n: int, folder: Path) -> Path:

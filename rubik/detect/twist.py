@@ -140,14 +140,18 @@ def latency_graph(num_classes: int = COCO_CLASSES) -> Callable:
 
 
 def detector_latency(runtime: str, num_classes: int = COCO_CLASSES, int8: bool = False,
-                     runs: int = 50) -> Callable[[DetectorSpec], float]:
+                     runs: int = 50, anchor: DetectorSpec | None = None) -> Callable[[DetectorSpec], float]:
     """detector spec -> median ms (batch 1, one thread) of its backbone, extra layers and head: "torch" (eager), or
-    the file `rubik export` writes for "onnxruntime" or "executorch" (int8 when asked)."""
+    the file `rubik export` writes for "onnxruntime" or "executorch" (int8 when asked); `anchor`: each measured
+    against this detector's time (rubik.deploy.bench.spec_latency)."""
     from ..deploy.bench import realistic_batchnorm, spec_latency
 
     graph = latency_graph(num_classes)
     if runtime != "torch":
-        return spec_latency(runtime, runs=runs, graph=graph, int8=int8)
+        return spec_latency(runtime, runs=runs, graph=graph, int8=int8, anchor=anchor)
+    if anchor is not None:
+        raise RubikError("a latency measured against another model's needs an exported file: "
+                         "--runtime onnxruntime or executorch")
 
     def eager(spec: DetectorSpec) -> float:
         from ..profile import latency
