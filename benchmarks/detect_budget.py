@@ -5,9 +5,11 @@ its MACs, all trained on the same data and recipe with two seeds; the equal-late
    batch 1, one thread, int8 file on ONNX Runtime and on ExecuTorch (XNNPACK), as `rubik export --int8` writes
    them; MACs of backbone + extra layers + head for the data's classes.
 2. Each family's base detector at `--resolution` is twisted (`rubik.twist`, tiny formula on its backbone) to the
-   reference's int8 latency on `--runtime` (the file measured while twisting) and, separately, to its MACs.
+   reference's int8 latency on `--runtime` (`latency_of`: every candidate's file timed between two timings of the
+   reference's, so a drift of the machine's speed cancels) and, separately, to its MACs.
 3. Every detector is trained from scratch with the same recipe and schedule (`rubik train`, one process per run,
-   `--jobs` at a time, one thread each), for each seed; COCO mAP@[.5:.95] on the held-out images.
+   `--jobs` at a time, one thread each), for each seed; COCO mAP@[.5:.95] on the held-out images. The default
+   schedule is short (5 epochs of 1,500 images at batch 16), so it turns SSD's crop and zoom-out off.
 4. Each run is exported to int8 ONNX (its mAP through rubik's runtime: what ships) and the first seed's also to
    int8 .pte; every file is timed alone (`rubik bench`), in three passes in alternating order (median).
 
