@@ -122,44 +122,27 @@ def test_latency_budget_bisects_measured_latency(twister):
         twister.to_latency(0.1, fake_latency)
 
 
-def test_latency_budget_grows_the_model_below_a_resolution_step():
-    # Input sizes in steps of 32 px (a detector's): the step above 160 px costs more than the budget left, so
-    # the bisection on c alone stops 15 % under it; the twist then grows depth and width at 160 px instead.
+# Input sizes in steps of 32 px (a detector's), on machines where the step above `edge` px adds `step_ms`:
+# - grows: the step above 160 px costs more than the budget left, so the bisection on c alone stops 15 % under it;
+#   the twist grows depth and width at 160 px instead;
+# - narrows: as the Lite detector measured, every model the formula makes at 192 px is over the budget and even the
+#   largest at 160 px far under it (the tiny formula stops at c = 1); a narrower, shallower model at 192 px fits;
+# - climbs: the formula's model at c = 1 (192 px) is 35 % under the budget and c cannot grow past 1; a narrower
+#   model one step up fits.
+@pytest.mark.parametrize("ms_per_macs, overhead, edge, step_ms, budget, expected", [
+    (1e-7, 0.5, 160, 100.0, 10.0, 160),  # grows
+    (1e-8, 0.0, 160, 9.4, 10.0, 192),  # narrows
+    (1e-8, 0.0, 192, 5.0, 6.0, 224),  # climbs
+], ids=["grows", "narrows", "climbs"])
+def test_latency_budget_across_a_resolution_step(ms_per_macs, overhead, edge, step_ms, budget, expected):
     twister = Twister("efficientnet_b0", resolution_step=32, max_depth_change=0.1)
 
     def stepped_latency(spec):
-        return macs_of(spec) / 1e7 + 0.5 + (100.0 if spec.resolution > 160 else 0.0)
+        return macs_of(spec) * ms_per_macs + overhead + (step_ms if spec.resolution > edge else 0.0)
 
-    result = twister.to_latency(10.0, stepped_latency)
-    assert result.spec.resolution == 160
-    assert 10.0 * (1 - LATENCY_TOLERANCE) <= result.latency_ms <= 10.0
-
-
-def test_latency_budget_narrows_the_model_above_a_resolution_step():
-    # As the Lite detector measured: every model the formula makes at 192 px is over the budget, and even the
-    # largest at 160 px is far under it (the tiny formula stops at c = 1); a narrower, shallower model at 192 px
-    # fits within 5 %.
-    twister = Twister("efficientnet_b0", resolution_step=32, max_depth_change=0.1)
-
-    def stepped_latency(spec):
-        return macs_of(spec) / 1e8 + (9.4 if spec.resolution > 160 else 0.0)
-
-    result = twister.to_latency(10.0, stepped_latency)
-    assert result.spec.resolution == 192
-    assert 10.0 * (1 - LATENCY_TOLERANCE) <= result.latency_ms <= 10.0
-
-
-def test_latency_budget_looks_one_resolution_step_up_when_the_largest_model_is_within_it():
-    # The formula's model at c = 1 (192 px) is 35 % under the budget, and c cannot grow past 1: a narrower model
-    # one 32 px step up fits within 5 %.
-    twister = Twister("efficientnet_b0", resolution_step=32, max_depth_change=0.1)
-
-    def stepped_latency(spec):
-        return macs_of(spec) / 1e8 + (5.0 if spec.resolution > 192 else 0.0)
-
-    result = twister.to_latency(6.0, stepped_latency)
-    assert result.spec.resolution == 224
-    assert 6.0 * (1 - LATENCY_TOLERANCE) <= result.latency_ms <= 6.0
+    result = twister.to_latency(budget, stepped_latency)
+    assert result.spec.resolution == expected
+    assert budget * (1 - LATENCY_TOLERANCE) <= result.latency_ms <= budget
 
 
 def test_budget_parsing():
