@@ -18,9 +18,8 @@ from pathlib import Path
 DIGITS_RESOLUTION = 64
 DETECT_DATA = "digits:10"  # the embedded detection set: ten digits on photos, 160 px canvases
 DETECT_BASE, DETECT_REFERENCE, DETECT_RESOLUTION = "ssdlite_ghostnet_130", "ssdlite_mobilenet_v3_large", 160
-# A schedule of minutes: batch 16 at lr 0.008 per 64 images, SSD's crop and zoom-out off. The twisted GhostNet
-# detector on digits:10 reached 13.8 mAP after 5 of 6 epochs this way (an EfficientNet-B0 one 0.5 after 3 epochs,
-# GhostNet 1.0; benchmarks/detect_budget.py has the same finding on CIFAR-10 boxes).
+# A schedule of minutes: batch 16 at lr 0.008 per 64 images, SSD's crop and zoom-out off (12.1 mAP in 5 epochs,
+# docs/benchmarks.md#the-demo; benchmarks/detect_budget.py makes the same choice for its short schedule).
 DETECT_RECIPE = {"batch_size": 16, "lr": 0.008, "crop_scale": [1.0, 1.0]}
 
 
